@@ -1,0 +1,1 @@
+"""The on-device runtime: the MLX engine, models, quantization and fine-tuning."""

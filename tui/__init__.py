@@ -1,0 +1,1 @@
+"""The front door: the `tandem` command, the chat app and the conversation store."""
