@@ -1,0 +1,99 @@
+"""The user's settings: one TOML file in the config directory, overridable by `TANDEM_*`
+environment variables (for example `TANDEM_MODE=local-only`).
+
+Secrets never live here: the cloud API key is in the OS keyring (or `TANDEM_CLOUD_API_KEY`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tui.paths import paths
+
+__all__ = ["MODES", "Config", "ConfigError", "load_config", "save_config"]
+
+MODES = ("auto", "local-only", "cloud-preferred")
+
+
+class ConfigError(Exception):
+    """The config file or an environment variable holds a value tandem cannot use."""
+
+
+@dataclass(slots=True)
+class Config:
+    model: str = ""
+    """Local model: a folder or hub id. Empty: the default for this machine's memory."""
+    draft_model: str = ""
+    """Optional smaller model with the same tokenizer, for speculative decoding."""
+    context_window: int = 0
+    """Tokens of context to plan memory for; 0: the model's own limit (capped at 8192)."""
+    mode: str = "auto"
+    """Routing mode: auto, local-only or cloud-preferred."""
+    cloud_url: str = ""
+    """The gateway's base URL, e.g. https://llm.example.org. Empty: no cloud."""
+    complexity_threshold: float = 0.6
+    """Requests scoring above this go to the cloud (set by `tandem router calibrate`)."""
+    privacy_terms: list[str] = field(default_factory=list)
+    """Words or names that must never leave this device (matched case-insensitively)."""
+    privacy_patterns: list[str] = field(default_factory=list)
+    """Regular expressions that must never leave this device."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if not 0.0 <= self.complexity_threshold <= 1.0:
+            raise ConfigError("complexity_threshold must be between 0 and 1")
+        if self.context_window < 0:
+            raise ConfigError("context_window must not be negative")
+
+
+def _coerce(name: str, value: str, kind: Any) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(value)
+        if kind in (float, "float"):
+            return float(value)
+        if kind in (list[str], "list[str]"):
+            return [v.strip() for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"TANDEM_{name.upper()}={value!r}: {exc}") from exc
+    return value
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config file (missing is fine: defaults), then apply TANDEM_* overrides."""
+    path = path or paths().config_file
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete the file") from exc
+    known = {f.name: f.type for f in fields(Config)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    for name, kind in known.items():
+        env = os.environ.get(f"TANDEM_{name.upper()}")
+        if env is not None:
+            values[name] = _coerce(name, env, kind)
+    return Config(**values)
+
+
+def save_config(config: Config, path: Path | None = None) -> None:
+    """Write the settings that differ from the defaults."""
+    import tomli_w
+
+    path = path or paths().config_file
+    defaults = Config()
+    data = {
+        f.name: getattr(config, f.name)
+        for f in fields(Config)
+        if getattr(config, f.name) != getattr(defaults, f.name)
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
