@@ -142,6 +142,8 @@ class Usage:
     draft_tokens_accepted: int = 0
     """Completion tokens that came from the speculative draft."""
     peak_memory_bytes: int | None = None
+    draft_tokens_proposed: int = 0
+    """Tokens the draft proposed (accepted or not); accepted ÷ proposed is the acceptance rate."""
 
 
 @dataclass(frozen=True, slots=True)

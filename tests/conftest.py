@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from scripts.testmodels import ModelSet, build
-from tests.servers import VLLMServer, start_vllm
+from tests.servers import VLLMServer
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +23,90 @@ def test_models() -> ModelSet:
 def vllm_server(
     test_models: ModelSet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:
-    """vLLM's OpenAI server on the target model, started once per test session."""
+    """vLLM's OpenAI server on the target model, started once per test session.
+
+    Started by the cloud launcher (`cloud.launch.build_vllm_command`, `cpu` profile), the same
+    way `tandem cloud serve` starts it: loopback only, float32, eager, served name "target",
+    LoRA on (`--enable-lora --max-lora-rank 8 --max-loras 4`, runtime loading allowed via
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING=1, so tests may POST /v1/load_lora_adapter), no API key.
+    """
+    from tests.cloud_servers import start_cloud_vllm
+
     log = Path(tmp_path_factory.mktemp("vllm")) / "vllm.log"
-    server = start_vllm(test_models.target, log)
+    server = start_cloud_vllm(test_models.target, log)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cloud_gateway(
+    test_models: ModelSet, vllm_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The real gateway (`tandem cloud serve --upstream`, a subprocess on a loopback port) in
+    front of `vllm_server`, started once per session.
+
+    A `tests.cloud_servers.GatewayServer`: `.url`, `.api_key` (user key "alice"), `.admin_key`,
+    `.add_key(name, admin=False) -> key`, `.revoke_key(name)`, `.keys_file`, `.log_path` (the
+    request log), `.log()`, `.gateway_metrics()`, `.vllm`. The cpu profile's admission limits
+    (16 in flight, 4 concurrent per key) with 50 requests/s per key (burst 100); adapter
+    uploads up to 1 MiB. Use `cloud.client.CloudClient(gw.url, gw.api_key)` as the Backend.
+    For a vLLM + gateway pair a test may kill (`.kill_vllm()`, `.stop()`), call
+    `tests.cloud_servers.start_private_cloud(test_models.target, tmp_path)` (~20 s, ~2 GB).
+    """
+    from tests.cloud_servers import start_gateway
+
+    folder = Path(tmp_path_factory.mktemp("cloud-gateway"))
+    gateway = start_gateway(
+        vllm_server,
+        folder,
+        model_dir=test_models.target,
+        extra_args=["--max-adapter-bytes", str(2**20), "--rate-per-second", "50", "--burst", "100"],
+    )
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def tui_local_engine(test_models: ModelSet) -> AsyncIterator[Any]:
+    """The real local engine on the test target, started once for the chat app's tests."""
+    from local.engine import LocalEngine
+
+    engine = LocalEngine(test_models.target)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
+@pytest.fixture(scope="session")
+def finetuned_adapter(test_models: ModelSet, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A LoRA adapter (rank 8, 60 steps) trained once on the generated secret-word task
+    (`scripts.finetunedata`): answers start "Ahoy! The secret word for X is Y."
+
+    A namespace: `.registry` (local.finetune.registry.AdapterRegistry in a temp folder),
+    `.name`, `.folder` (mlx-lm layout), `.data` (the JSONL file), `.record`, `.home` (a
+    TANDEM_HOME whose adapters folder is the registry's), `.model` (the target's folder).
+    """
+    from types import SimpleNamespace
+
+    from local.finetune.registry import AdapterRegistry
+    from local.finetune.train import TrainConfig, run_training
+    from scripts.finetunedata import secret_word_rows, write_jsonl
+
+    home = Path(tmp_path_factory.mktemp("finetune-home"))
+    registry = AdapterRegistry(home / "data" / "adapters")
+    data = write_jsonl(home / "secret.jsonl", secret_word_rows(160))
+    config = TrainConfig(
+        model=str(test_models.target), data=data, name="secret", iters=60, batch_size=8,
+        learning_rate=3e-4, max_seq_len=256, steps_per_report=20, steps_per_eval=30,
+    )
+    result = run_training(config, registry=registry, cache_dir=home / "cache" / "finetune")
+    return SimpleNamespace(
+        registry=registry, name="secret", folder=result.folder, data=data,
+        record=result.record, home=home, model=test_models.target,
+    )

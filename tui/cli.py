@@ -26,7 +26,13 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("chat", "tui.chat_cli", "chat in the terminal (the default command)", "desktop"),
+    Command("chat", "tui.commands.chat", "chat in the terminal (the default command)", "desktop"),
+    Command("cloud", "tui.commands.cloud", "run the self-hosted cloud service", "gateway"),
+    Command("finetune", "tui.commands.finetune", "train and evaluate LoRA adapters", "desktop"),
+    Command("adapters", "tui.commands.adapters", "list, export and push adapters", "desktop"),
+    Command("serve", "tui.commands.serve", "OpenAI-compatible endpoint on 127.0.0.1", "desktop"),
+    Command("router", "tui.commands.router", "calibrate and explain routing decisions", "desktop"),
+    Command("models", "tui.commands.models", "pull, list, pick and quantize models", "desktop"),
 )
 
 # Third-party packages whose absence means "install the extra", not "tandem has a bug".

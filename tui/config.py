@@ -41,6 +41,8 @@ class Config:
     """Words or names that must never leave this device (matched case-insensitively)."""
     privacy_patterns: list[str] = field(default_factory=list)
     """Regular expressions that must never leave this device."""
+    max_tokens: int = 512
+    """The longest answer the chat asks for, in tokens."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -49,6 +51,8 @@ class Config:
             raise ConfigError("complexity_threshold must be between 0 and 1")
         if self.context_window < 0:
             raise ConfigError("context_window must not be negative")
+        if self.max_tokens < 1:
+            raise ConfigError("max_tokens must be at least 1")
 
 
 def _coerce(name: str, value: str, kind: Any) -> Any:

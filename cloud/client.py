@@ -1,0 +1,339 @@
+"""The desktop's client for the cloud gateway: a `router.protocol.Backend` over HTTP + SSE.
+
+One pooled `httpx.AsyncClient` serves every request (keep-alive: no new connection or TLS
+handshake per answer). Failures become the contract's typed errors where they enter::
+
+    connection refused / reset / lost mid-stream, 5xx, timeouts  → Unavailable
+    401, 403                                                    → Unauthorized
+    429                                                         → Overloaded(retry_after)
+    400 "maximum context length"                                → ContextTooLong
+    404 unknown model/adapter, other 4xx                        → ModelError
+
+Three timeouts, because a stalled answer should fail over quickly while a slow start is normal:
+connect, first token (from sending the request), and the gap between two chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import httpx
+
+from router.protocol import (
+    BackendError,
+    Capabilities,
+    ChatRequest,
+    ContextTooLong,
+    Final,
+    FinishReason,
+    Health,
+    Load,
+    ModelError,
+    Overloaded,
+    StreamEvent,
+    TextDelta,
+    Unauthorized,
+    Unavailable,
+    Usage,
+)
+
+__all__ = ["CloudClient"]
+
+_CONTEXT_RE = re.compile(r"maximum context length is (\d+)")
+_PROMPT_RE = re.compile(r"(?:contains|prompt \()(?: at least)? ?(\d+) (?:input )?tokens")
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+
+class CloudClient:
+    """The cloud gateway as a Backend.
+
+    `model` is the base model's name on the server; None: the first model the gateway lists
+    (learned by `health()` or the first request). Use `async with` or call `aclose()`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        name: str = "cloud",
+        model: str | None = None,
+        connect_timeout_s: float = 3.0,
+        first_token_timeout_s: float = 30.0,
+        idle_timeout_s: float = 15.0,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.first_token_timeout_s = first_token_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Reads are bounded by the first-token and idle timeouts below, not by httpx.
+        timeout = httpx.Timeout(None, connect=connect_timeout_s, pool=connect_timeout_s)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
+        )
+        self._context_window: int | None = None
+        self._adapters: tuple[str, ...] = ()
+        self._active = 0
+        self._recent_tps: float | None = None
+
+    async def __aenter__(self) -> CloudClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    # --- Backend ---------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        """What the last health probe learned; context_window 0 until then."""
+        return Capabilities(
+            model=self.model or "",
+            context_window=self._context_window or 0,
+            adapters=self._adapters,
+            load=Load(active_sequences=self._active, recent_tokens_per_s=self._recent_tps),
+        )
+
+    async def health(self) -> Health:
+        """GET /health, then (if healthy) the model list, which also checks the key."""
+        try:
+            response = await self._http.get("/health", timeout=self._http.timeout.connect)
+        except httpx.HTTPError as exc:
+            return Health(False, _transport_message(self.base_url, exc))
+        if response.status_code != 200:
+            return Health(False, f"the cloud reports it is not ready (HTTP {response.status_code})")
+        try:
+            await self.refresh_models()
+        except BackendError as exc:
+            return Health(False, str(exc))
+        return Health(True, "ok")
+
+    async def refresh_models(self) -> None:
+        """Learn the model name, context window and this key's adapters from /v1/models."""
+        try:
+            response = await self._http.get("/v1/models", timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise Unavailable(_transport_message(self.base_url, exc), backend=self.name) from exc
+        if response.status_code != 200:
+            raise self._error(response.status_code, response.headers, response.content)
+        models = response.json().get("data", [])
+        base = [m for m in models if not m.get("parent")]
+        if base:
+            self.model = self.model or str(base[0]["id"])
+            window = base[0].get("max_model_len")
+            self._context_window = int(window) if window else self._context_window
+        self._adapters = tuple(str(m["id"]) for m in models if m.get("parent"))
+
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        return self._stream(request)
+
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        if self.model is None:
+            await self.refresh_models()
+        body = self._body(request)
+        started = time.perf_counter()
+        self._active += 1
+        response: httpx.Response | None = None
+        try:
+            try:
+                async with asyncio.timeout(self.first_token_timeout_s):
+                    response = await self._http.send(
+                        self._http.build_request("POST", "/v1/chat/completions", json=body),
+                        stream=True,
+                    )
+                    if response.status_code != 200:
+                        content = await response.aread()
+                        raise self._error(response.status_code, response.headers, content)
+            except TimeoutError:
+                raise Unavailable(
+                    f"the cloud did not answer within {self.first_token_timeout_s:g} s",
+                    backend=self.name,
+                ) from None
+            except httpx.HTTPError as exc:
+                raise Unavailable(
+                    _transport_message(self.base_url, exc), backend=self.name
+                ) from exc
+            async with contextlib.aclosing(self._events(response, request, started)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._active -= 1
+            if response is not None:
+                # Closing mid-stream drops the connection: the gateway sees the client leave and
+                # cancels the generation upstream.
+                await response.aclose()
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        body: dict[str, Any] = {
+            "model": request.adapter or self.model,
+            "messages": messages,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if request.continue_from:
+            # vLLM renders the partial answer as the last (open) assistant turn and continues
+            # it; deltas carry only the new text.
+            messages.append({"role": "assistant", "content": request.continue_from})
+            body["add_generation_prompt"] = False
+            body["continue_final_message"] = True
+        return body
+
+    async def _events(
+        self, response: httpx.Response, request: ChatRequest, started: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        lines = response.aiter_lines()
+        first_at: float | None = None
+        finish: str | None = None
+        usage: dict[str, Any] = {}
+        done = False
+        while True:
+            timeout = self.first_token_timeout_s if first_at is None else self.idle_timeout_s
+            if first_at is None:
+                timeout = max(0.0, self.first_token_timeout_s - (time.perf_counter() - started))
+            try:
+                line = await asyncio.wait_for(_next(lines), timeout)
+            except TimeoutError:
+                what = "first token" if first_at is None else "next token"
+                raise Unavailable(
+                    f"the cloud stalled: no {what} within {timeout:g} s", backend=self.name
+                ) from None
+            except httpx.HTTPError as exc:
+                raise Unavailable(
+                    "the connection to the cloud was lost mid-answer", backend=self.name
+                ) from exc
+            if line is None:
+                break
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                error = chunk["error"]
+                message = error.get("message", "") if isinstance(error, dict) else str(error)
+                raise ModelError(f"the cloud model failed mid-answer: {message}", backend=self.name)
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    if first_at is None:
+                        first_at = time.perf_counter()
+                    yield TextDelta(text)
+                finish = choice.get("finish_reason") or finish
+        if not done or finish is None:
+            raise Unavailable("the connection to the cloud was lost mid-answer", backend=self.name)
+        # Read the body's end too, so the connection goes back to the pool instead of closing.
+        with contextlib.suppress(TimeoutError, httpx.HTTPError):
+            await asyncio.wait_for(_drain(lines), self.idle_timeout_s)
+        ended = time.perf_counter()
+        completion = int(usage.get("completion_tokens", 0))
+        tps = None
+        if first_at is not None and completion > 1 and ended > first_at:
+            tps = (completion - 1) / (ended - first_at)
+            self._recent_tps = tps
+        details = usage.get("prompt_tokens_details") or {}
+        yield Final(
+            finish_reason=_FINISH.get(finish, "cancelled"),
+            usage=Usage(
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=completion,
+                ttft_s=None if first_at is None else first_at - started,
+                decode_tokens_per_s=tps,
+                cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+            ),
+            backend=self.name,
+            model=self.model or "",
+            adapter=request.adapter,
+        )
+
+    def _error(self, status: int, headers: httpx.Headers, content: bytes) -> BackendError:
+        message = _error_message(content)
+        if status in (401, 403):
+            return Unauthorized(
+                "the cloud refused the API key; check the key in the settings", backend=self.name
+            )
+        if status == 429:
+            return Overloaded(
+                "the cloud is busy right now",
+                retry_after=_retry_after(headers.get("retry-after")),
+                backend=self.name,
+            )
+        if status >= 500:
+            return Unavailable(f"the cloud failed (HTTP {status}): {message}", backend=self.name)
+        context = _CONTEXT_RE.search(message)
+        if status == 400 and context:
+            prompt = _PROMPT_RE.search(message)
+            return ContextTooLong(
+                f"the conversation is too long for the cloud model ({context[1]} tokens)",
+                prompt_tokens=int(prompt[1]) if prompt else None,
+                context_window=int(context[1]),
+                backend=self.name,
+            )
+        return ModelError(f"the cloud refused the request: {message}", backend=self.name)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    async for _ in lines:
+        pass
+
+
+async def _next(lines: AsyncIterator[str]) -> str | None:
+    try:
+        return await anext(lines)
+    except StopAsyncIteration:
+        return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _error_message(content: bytes) -> str:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return content.decode(errors="replace")[:300]
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        return str(error.get("message", ""))[:500]
+    return str(error)[:500]
+
+
+def _transport_message(url: str, exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"cannot reach the cloud at {url}: the connection timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot reach the cloud at {url}: connection refused or no route"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the cloud at {url} timed out"
+    return f"the connection to the cloud at {url} failed ({type(exc).__name__})"

@@ -1,0 +1,309 @@
+"""The one backend the chat and `tandem serve` see: picks the device or the cloud per request
+(router.policy), and fails over without losing text.
+
+- the cloud fails before its first token → the same request runs on the device at once;
+- the cloud fails mid-stream → the text already streamed stays, and the device continues the
+  answer from where it stopped (`ChatRequest.continue_from`); the record says so;
+- the device fails → the cloud, if the hard rules allow (never for a private request, never in
+  local-only mode, never against a `/local` override or a pin to the device, and not when the
+  device's partial answer, which would be sent along, holds something the scanner flags);
+- at most one switch per answer; if both sides fail, `BothFailed` (the consumer keeps the text
+  it already received).
+
+Every `Final` it yields carries `route` (router.protocol.Route): backend, rule, reason, scores,
+and `failover` when the answer moved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import replace
+from typing import Any
+
+from router.complexity import ComplexityScorer
+from router.health import CircuitBreaker
+from router.policy import (
+    Decision,
+    RouterSettings,
+    RoutingInput,
+    RoutingPolicy,
+    Side,
+    parse_override,
+)
+from router.protocol import (
+    Backend,
+    BackendError,
+    Capabilities,
+    ChatRequest,
+    Final,
+    Health,
+    Message,
+    Route,
+    StreamEvent,
+    TextDelta,
+    Unavailable,
+)
+
+__all__ = ["BothFailed", "HybridBackend", "RouteCallback"]
+
+RouteCallback = Callable[[Route], None]
+
+
+class BothFailed(Unavailable):
+    """The answer failed on one side, then on the other. The text streamed so far is in
+    `partial_text` (the consumer already has it too)."""
+
+    def __init__(
+        self, message: str, *, first: BackendError, second: BackendError, partial_text: str
+    ) -> None:
+        super().__init__(message, backend="hybrid")
+        self.first = first
+        self.second = second
+        self.partial_text = partial_text
+
+
+_SIDE_NAMES = {"local": "this device", "cloud": "the cloud"}
+
+
+def _cause(error: BackendError) -> str:
+    return str(error).rstrip(".") or type(error).__name__
+
+
+class HybridBackend:
+    """Device plus cloud as one backend (implements router.protocol.Backend)."""
+
+    name = "hybrid"
+
+    def __init__(
+        self,
+        local: Backend,
+        cloud: Backend | None,
+        policy: RoutingPolicy | RouterSettings | None = None,
+        *,
+        scorer: ComplexityScorer | None = None,
+        cloud_missing: str = "no cloud configured",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`policy`: a RoutingPolicy, or RouterSettings to build one from (with `scorer`), or
+        None for the defaults. `cloud` None means no cloud: `cloud_missing` is the reason shown
+        (e.g. "no cloud API key"). Raises router.privacy.PrivacyConfigError (a ValueError) for
+        an invalid privacy pattern."""
+        self.local = local
+        self.cloud = cloud
+        self.cloud_missing = cloud_missing
+        if not isinstance(policy, RoutingPolicy):
+            policy = RoutingPolicy(policy, scorer)
+        self.policy = policy
+        breaker = self.policy.settings.breaker
+        self.breakers: dict[Side, CircuitBreaker] = {
+            "local": CircuitBreaker("this device's engine", breaker, clock=clock),
+            "cloud": CircuitBreaker("the cloud", breaker, clock=clock),
+        }
+        self._local_inflight = 0
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self.policy.settings
+
+    def configure(self, settings: RouterSettings) -> None:
+        """New settings (mode, privacy terms, threshold...) from the next request on."""
+        self.policy = RoutingPolicy(settings, self.policy.scorer)
+
+    # --- deciding -------------------------------------------------------------------------
+
+    def prepare(
+        self, request: ChatRequest, *, pin: Side | None = None
+    ) -> tuple[Decision, ChatRequest]:
+        """Decide where `request` would run, without running it. Returns the decision and the
+        request as it would be sent (a `/local` or `/cloud` prefix stripped)."""
+        override, sent = _strip_override(request)
+        try:
+            local_caps: Capabilities | None = self.local.capabilities()
+        except BackendError:
+            local_caps = None
+        cloud_breaker, local_breaker = self.breakers["cloud"], self.breakers["local"]
+        inp = RoutingInput(
+            messages=sent.messages,
+            max_tokens=sent.sampling.max_tokens,
+            continue_from=sent.continue_from,
+            override=override,
+            pin=pin,
+            cloud_missing=self.cloud_missing if self.cloud is None else None,
+            cloud_blocked="" if cloud_breaker.allows() else cloud_breaker.reason(),
+            local_blocked="" if local_breaker.allows() else local_breaker.reason(),
+            local=local_caps,
+            local_inflight=self._local_inflight,
+        )
+        return self.policy.decide(inp), sent
+
+    # --- running --------------------------------------------------------------------------
+
+    def stream(
+        self,
+        request: ChatRequest,
+        *,
+        pin: Side | None = None,
+        on_route: RouteCallback | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Stream the answer from the side the policy picks, failing over as described in the
+        module docstring. `pin` is the conversation's pin ("local"/"cloud"/None); `on_route`
+        is called with the route as soon as it is decided, and again if the answer moves (for
+        a header that must go out before the first token)."""
+        return self._stream(request, pin, on_route)
+
+    async def _stream(
+        self, request: ChatRequest, pin: Side | None, on_route: RouteCallback | None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        decision, sent = self.prepare(request, pin=pin)
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        text: list[str] = []
+        side: Side = decision.side
+        route = decision.route(self._backend(side).name)
+        first_error: BackendError | None = None
+        attempt = sent
+        while True:
+            if on_route is not None:
+                on_route(route)
+            backend, breaker = self._backend(side), self.breakers[side]
+            breaker.begin()
+            settled = False
+            on_device = side == "local"
+            if on_device:
+                self._local_inflight += 1  # the overflow rule counts these
+            try:
+                async with aclosing(backend.stream(attempt)) as inner:
+                    async for event in inner:
+                        if isinstance(event, TextDelta):
+                            if first_token_at is None:
+                                first_token_at = time.perf_counter()
+                            text.append(event.text)
+                            yield event
+                        elif isinstance(event, Final):
+                            settled = True
+                            breaker.record_success()
+                            yield self._final(event, route, started, first_token_at)
+                            return
+                raise Unavailable(
+                    f"{backend.name} ended the answer without a final record", backend=backend.name
+                )
+            except BackendError as exc:
+                settled = True
+                breaker.record_failure(exc)
+                so_far = "".join(text)
+                if first_error is not None:
+                    raise BothFailed(
+                        f"Both sides failed: {_SIDE_NAMES[_other(side)]}: {_cause(first_error)}; "
+                        f"{_SIDE_NAMES[side]}: {_cause(exc)}. The text so far is kept; try again.",
+                        first=first_error,
+                        second=exc,
+                        partial_text=so_far,
+                    ) from exc
+                target = self._failover_target(side, decision, so_far)
+                if target is None:
+                    raise
+                first_error = exc
+                failover = _failover_sentence(side, exc, mid_stream=bool(so_far))
+                if so_far:
+                    # The other side continues the text; it may use what is left of the
+                    # token budget (one delta is about one token: streams send one each).
+                    left = max(1, sent.sampling.max_tokens - len(text))
+                    attempt = replace(
+                        sent,
+                        continue_from=sent.continue_from + so_far,
+                        sampling=replace(sent.sampling, max_tokens=left),
+                    )
+                side = target
+                route = decision.route(self._backend(side).name, failover)
+            finally:
+                if not settled:
+                    breaker.abandon()  # the consumer closed the stream: no verdict
+                if on_device:
+                    self._local_inflight -= 1
+
+    def _backend(self, side: Side) -> Backend:
+        if side == "cloud":
+            assert self.cloud is not None  # the policy never picks a cloud that is not there
+            return self.cloud
+        return self.local
+
+    def _failover_target(self, failed: Side, decision: Decision, so_far: str) -> Side | None:
+        if failed == "cloud":
+            return "local"  # the device is always allowed, and it is the last resort
+        cloud_ok = (
+            self.cloud is not None
+            and not self._private(so_far)  # the device's partial answer would be sent too
+            and decision.cloud_allowed
+            and self.settings.mode != "local-only"
+            and self.breakers["cloud"].allows()
+        )
+        return "cloud" if cloud_ok else None
+
+    def _private(self, text: str) -> bool:
+        try:
+            return bool(text) and bool(self.policy.scanner.scan_texts([text]))
+        except Exception:  # a failing scanner fails safe
+            return True
+
+    @staticmethod
+    def _final(event: Final, route: Route, started: float, first_token_at: float | None) -> Final:
+        # Time to first token as the consumer saw it, across a failover.
+        ttft = (first_token_at - started) if first_token_at is not None else event.usage.ttft_s
+        return replace(event, route=route, usage=replace(event.usage, ttft_s=ttft))
+
+    # --- the rest of the Backend protocol ---------------------------------------------------
+
+    async def health(self) -> Health:
+        """Healthy when the device is (the cloud is optional); the detail names both."""
+        local = await self.local.health()
+        parts = [f"device: {'ok' if local.ok else local.detail or 'failing'}"]
+        if self.cloud is None:
+            parts.append(f"cloud: {self.cloud_missing}")
+        elif self.settings.mode == "local-only":
+            parts.append("cloud: not used (local-only)")  # and not contacted
+        else:
+            cloud = await self.cloud.health()
+            parts.append(f"cloud: {'ok' if cloud.ok else cloud.detail or 'failing'}")
+        return Health(ok=local.ok, detail="; ".join(parts))
+
+    def capabilities(self) -> Capabilities:
+        """The device's capabilities (the cloud's window may be larger; the router handles
+        that per request)."""
+        return self.local.capabilities()
+
+    async def aclose(self) -> None:
+        """Close both backends (the hybrid owns what it was given)."""
+        for backend in (self.local, self.cloud):
+            closer: Any = getattr(backend, "aclose", None)
+            if closer is not None:
+                await closer()
+
+
+def _other(side: Side) -> Side:
+    return "cloud" if side == "local" else "local"
+
+
+def _failover_sentence(failed: Side, error: BackendError, *, mid_stream: bool) -> str:
+    if failed == "cloud":
+        if mid_stream:
+            what = "cloud connection lost" if isinstance(error, Unavailable) else _cause(error)
+            return f"continued on this device: {what}"
+        return f"answered on this device: the cloud failed before answering ({_cause(error)})"
+    if mid_stream:
+        return f"continued in the cloud: this device failed ({_cause(error)})"
+    return f"answered in the cloud: this device failed before answering ({_cause(error)})"
+
+
+def _strip_override(request: ChatRequest) -> tuple[Side | None, ChatRequest]:
+    for i in range(len(request.messages) - 1, -1, -1):
+        message = request.messages[i]
+        if message.role == "user":
+            override, text = parse_override(message.content)
+            if override is None:
+                return None, request
+            messages = list(request.messages)
+            messages[i] = Message("user", text)
+            return override, replace(request, messages=tuple(messages))
+    return None, request

@@ -1,0 +1,258 @@
+"""Where a request runs, and why: the ordered rules. The first rule that decides wins and is
+named in the record, with a sentence a person can read.
+
+1. Hard rules
+   - mode `local-only` → device
+   - a per-message override (`/local`) or the conversation's pin to the device → device
+   - privacy: anything the scanner flags (or a scanner failure) → device
+   - no cloud configured / no key, the cloud's circuit open, the cloud busy after a 429 → device
+   - the device's circuit open → cloud
+   - a per-message `/cloud`, a pin to the cloud, mode `cloud-preferred` → cloud
+2. Capacity: prompt + requested tokens above the device's context window → cloud; the device
+   loaded past its limits (answers in progress, queue depth, estimated wait) → cloud (overflow)
+3. Complexity: the scorer's value above the threshold → cloud, otherwise → device
+
+A `/cloud` override or a pin is a wish, not a hard rule: privacy and availability come first.
+The per-message override beats the conversation's pin (it is the more specific request).
+
+Pure and fast: no I/O; the hybrid backend gathers the inputs (`RoutingInput`) and acts on the
+`Decision`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from router.complexity import ComplexityScorer, FeatureScorer
+from router.health import BreakerSettings
+from router.privacy import Finding, PrivacyScanner
+from router.protocol import Capabilities, Message, Route
+
+__all__ = [
+    "MODES",
+    "Decision",
+    "RouterSettings",
+    "RoutingInput",
+    "RoutingPolicy",
+    "Side",
+    "estimate_tokens",
+    "parse_override",
+]
+
+Side = Literal["local", "cloud"]
+MODES = ("auto", "local-only", "cloud-preferred")
+DEVICE = "on this device"
+CLOUD = "cloud"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    """Everything the router needs to decide (from the user's config, plus internal limits)."""
+
+    mode: str = "auto"
+    """auto, local-only (nothing ever leaves the device) or cloud-preferred."""
+    complexity_threshold: float = 0.6
+    """Requests scoring above this go to the cloud."""
+    privacy_terms: tuple[str, ...] = ()
+    """Words or names that must never leave the device (case-insensitive, whole words)."""
+    privacy_patterns: tuple[str, ...] = ()
+    """Regular expressions that must never leave the device."""
+    max_local_inflight: int = 4
+    """Answers in progress on the device at which new requests overflow to the cloud."""
+    max_local_queue: int = 1
+    """Requests waiting in the device engine's queue at which new ones overflow."""
+    max_local_wait_s: float = 10.0
+    """Estimated wait for the device (queue × tokens ÷ recent speed) above which → cloud."""
+    chars_per_token: float = 3.0
+    """For the context-length estimate without a tokenizer (kept low: over-estimating only
+    sends a borderline request to the cloud, under-estimating makes it fail on the device)."""
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if not 0.0 <= self.complexity_threshold <= 1.0:
+            raise ValueError("complexity_threshold must be between 0 and 1")
+        if self.max_local_inflight < 1 or self.max_local_queue < 0:
+            raise ValueError("max_local_inflight must be at least 1, max_local_queue at least 0")
+        if self.chars_per_token <= 0:
+            raise ValueError("chars_per_token must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingInput:
+    """What the policy looks at for one request."""
+
+    messages: Sequence[Message]
+    """The conversation as it would be sent (override prefix already stripped)."""
+    max_tokens: int
+    continue_from: str = ""
+    override: Side | None = None
+    """From a `/local` or `/cloud` prefix on the last user message."""
+    pin: Side | None = None
+    """The conversation's pin."""
+    cloud_missing: str | None = None
+    """Why there is no usable cloud at all ("no cloud configured"), or None."""
+    cloud_blocked: str = ""
+    """Why the cloud may not be used now (its breaker's reason), or ""."""
+    local_blocked: str = ""
+    """Why the device may not be used now, or ""."""
+    local: Capabilities | None = None
+    """The device engine's capabilities and load."""
+    local_inflight: int = 0
+    """Answers the router itself has running on the device now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    side: Side
+    rule: str
+    reason: str
+    scores: Mapping[str, float] = field(default_factory=dict)
+    cloud_allowed: bool = True
+    """Whether the answer may move to the cloud if the device fails (False when privacy,
+    the mode, a pin or an override keeps it on the device)."""
+    findings: tuple[Finding, ...] = ()
+
+    def route(self, backend: str, failover: str | None = None) -> Route:
+        return Route(backend, self.rule, self.reason, dict(self.scores), failover)
+
+
+def parse_override(text: str) -> tuple[Side | None, str]:
+    """A leading `/local` or `/cloud` (then a space, a newline or the end) and the text
+    without it."""
+    stripped = text.lstrip()
+    for side in ("local", "cloud"):
+        prefix = "/" + side
+        if stripped.startswith(prefix):
+            rest = stripped[len(prefix) :]
+            if not rest or rest[0].isspace():
+                return side, rest.lstrip()
+    return None, text
+
+
+def estimate_tokens(messages: Sequence[Message], extra: str, chars_per_token: float) -> int:
+    """Prompt tokens without a tokenizer: characters ÷ chars_per_token, plus the chat
+    template's few tokens per message."""
+    chars = sum(len(m.content) for m in messages) + len(extra)
+    return math.ceil(chars / chars_per_token) + 4 * len(messages) + 2
+
+
+def _privacy_reason(findings: Sequence[Finding]) -> str:
+    shown = [f.describe() for f in findings[:2]]
+    more = len(findings) - len(shown)
+    text = ", ".join(shown) + (f" and {more} more" if more else "")
+    return f"{text} → kept on this device"
+
+
+class RoutingPolicy:
+    """The rules, with the user's privacy scanner and complexity scorer built once."""
+
+    def __init__(
+        self, settings: RouterSettings | None = None, scorer: ComplexityScorer | None = None
+    ) -> None:
+        self.settings = settings or RouterSettings()
+        self.scorer: ComplexityScorer = scorer or FeatureScorer()
+        # Raises PrivacyConfigError for a bad user pattern: better at start-up than per request.
+        self.scanner = PrivacyScanner(self.settings.privacy_terms, self.settings.privacy_patterns)
+
+    def decide(self, inp: RoutingInput) -> Decision:
+        """The first rule that decides, with its reason and the scores it looked at."""
+        s = self.settings
+        scores: dict[str, float] = {}
+
+        def local(
+            rule: str,
+            reason: str,
+            *,
+            cloud_allowed: bool = True,
+            findings: tuple[Finding, ...] = (),
+        ) -> Decision:
+            return Decision("local", rule, reason, scores, cloud_allowed, findings)
+
+        def cloud(rule: str, reason: str) -> Decision:
+            return Decision("cloud", rule, reason, scores, True)
+
+        # 1. hard rules that keep the request on the device
+        if s.mode == "local-only":
+            return local("mode", f"local-only mode → {DEVICE}", cloud_allowed=False)
+        wish = inp.override or inp.pin
+        if wish == "local":
+            what = "/local in the message" if inp.override else "conversation pinned to this device"
+            return local(
+                "override" if inp.override else "pin", f"{what} → {DEVICE}", cloud_allowed=False
+            )
+        try:
+            findings = tuple(self.scanner.scan(inp.messages, inp.continue_from))
+        except Exception:  # a scanner that fails must fail safe: nothing leaves the device
+            return local(
+                "privacy", "privacy check failed → kept on this device", cloud_allowed=False
+            )
+        if findings:
+            return local(
+                "privacy", _privacy_reason(findings), cloud_allowed=False, findings=findings
+            )
+        if inp.cloud_missing:
+            return local("cloud-unavailable", f"{inp.cloud_missing} → {DEVICE}")
+        if inp.cloud_blocked:
+            rule = "cloud-busy" if "busy" in inp.cloud_blocked else "health"
+            return local(rule, f"{inp.cloud_blocked} → {DEVICE}")
+        if inp.local_blocked:
+            return cloud("health", f"{inp.local_blocked} → {CLOUD}")
+        # 2. wishes for the cloud
+        if inp.override == "cloud":
+            return cloud("override", f"/cloud in the message → {CLOUD}")
+        if inp.pin == "cloud":
+            return cloud("pin", f"conversation pinned to the cloud → {CLOUD}")
+        if s.mode == "cloud-preferred":
+            return cloud("mode", f"cloud-preferred mode → {CLOUD}")
+        # 3. capacity
+        caps = inp.local
+        if caps is not None:
+            prompt = estimate_tokens(inp.messages, inp.continue_from, s.chars_per_token)
+            scores["prompt_tokens"] = float(prompt)
+            if prompt + inp.max_tokens > caps.context_window:
+                return cloud(
+                    "context",
+                    f"~{prompt:,} prompt tokens + {inp.max_tokens:,} to answer exceed this "
+                    f"device's {caps.context_window:,} → {CLOUD}",
+                )
+        overflow = self._overflow(inp, scores)
+        if overflow:
+            return cloud("overflow", f"{overflow} → {CLOUD}")
+        # 4. complexity
+        score = self.scorer.score(inp.messages)
+        scores["complexity"] = round(score, 4)
+        scores["threshold"] = s.complexity_threshold
+        if score > s.complexity_threshold:
+            return cloud(
+                "complexity",
+                f"complexity {score:.2f} above threshold {s.complexity_threshold:.2f} → {CLOUD}",
+            )
+        return local(
+            "complexity",
+            f"complexity {score:.2f} within threshold {s.complexity_threshold:.2f} → {DEVICE}",
+        )
+
+    def _overflow(self, inp: RoutingInput, scores: dict[str, float]) -> str:
+        s = self.settings
+        load = inp.local.load if inp.local is not None else None
+        inflight = max(
+            inp.local_inflight, (load.active_sequences + load.queue_depth) if load else 0
+        )
+        scores["local_inflight"] = float(inflight)
+        if inflight >= s.max_local_inflight:
+            return f"this device is busy ({inflight} answers in progress)"
+        if load is None:
+            return ""
+        if s.max_local_queue and load.queue_depth >= s.max_local_queue:
+            return f"this device is busy ({load.queue_depth} requests waiting)"
+        if load.queue_depth and load.recent_tokens_per_s:
+            wait = load.queue_depth * inp.max_tokens / load.recent_tokens_per_s
+            scores["local_wait_s"] = round(wait, 3)
+            if wait > s.max_local_wait_s:
+                return f"this device is busy (about {wait:.0f} s to wait)"
+        return ""

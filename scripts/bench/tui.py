@@ -1,0 +1,234 @@
+"""Benchmark of the chat app: how soon it paints, and how far the screen lags a fast stream.
+
+- first_paint_ms: from starting the `tandem chat` process (in a pseudo-terminal, with the test
+  model loading in the background) to the app's first frame (Textual's Ready event).
+  Median of several starts. Target < 500 ms.
+- render_lag_ms_p95: a synthetic answer streams at 200 tokens/s into the real app (headless);
+  for every token, the time from its arrival to the first screen render that includes it
+  (the Markdown append finished and the compositor rendered). Target < 50 ms.
+
+Usage: python scripts/bench/tui.py [--starts N] [--tokens N]. The last line printed is one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import pty
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from router.protocol import (  # noqa: E402
+    Capabilities,
+    ChatRequest,
+    Final,
+    Health,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+
+CHILD = """
+import os, sys, time
+import tui.app as app_module
+original = app_module.TandemApp.on_ready
+def on_ready(self):
+    original(self)
+    with open(os.environ["BENCH_OUT"], "w") as f:
+        f.write(repr(self.first_paint_at))
+    os._exit(0)  # the model is still loading in the background: no need to wait for it
+app_module.TandemApp.on_ready = on_ready
+from tui.commands.chat import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def first_paint_ms(model: Path, starts: int) -> list[float]:
+    """Milliseconds from process start to first frame, once per start."""
+    results = []
+    for _ in range(starts):
+        with tempfile.TemporaryDirectory() as home:
+            out = Path(home) / "painted"
+            env = {
+                **os.environ,
+                "TANDEM_HOME": home,
+                "BENCH_OUT": str(out),
+                "TERM": "xterm-256color",
+            }
+            master, slave = pty.openpty()
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 32, 110, 0, 0))
+            started = time.time()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD, "--model", str(model)],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                cwd=ROOT,
+            )
+            os.close(slave)
+            os.set_blocking(master, False)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    os.read(master, 65536)  # keep the terminal drained
+                except BlockingIOError:
+                    time.sleep(0.005)
+                except OSError:
+                    break
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            os.close(master)
+            if out.exists():
+                results.append((float(out.read_text()) - started) * 1000)
+    return results
+
+
+class SyntheticStream:
+    """Streams a long Markdown answer at a fixed token rate and records when each token
+    arrived (the fake backend a benchmark of the screen needs: no model is that steady)."""
+
+    name = "local"
+    ready = True
+
+    def __init__(self, tokens: int, rate: float) -> None:
+        self.rate = rate
+        self.pieces = _markdown_tokens(tokens)
+        self.arrivals: list[tuple[int, float]] = []
+        """(end offset in the answer, arrival time) per token."""
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        start = time.perf_counter()
+        offset = 0
+        for i, piece in enumerate(self.pieces):
+            delay = start + i / self.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            offset += len(piece)
+            self.arrivals.append((offset, time.perf_counter()))
+            yield TextDelta(piece)
+        yield Final("stop", Usage(10, len(self.pieces)), "local", "synthetic")
+
+    async def health(self) -> Health:
+        return Health(True)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities("synthetic", 4096)
+
+
+def _markdown_tokens(n: int) -> list[str]:
+    paragraph = (
+        "The river runs **slowly** through the valley, past the mill and the old bridge, "
+        "and reaches the sea after a long day.\n\n"
+        "- first point about `code`\n- second point\n\n"
+        "```python\ndef add(a, b):\n    return a + b\n```\n\n"
+    )
+    words: list[str] = []
+    while len(words) < n:
+        words += [w + " " if not w.endswith("\n") else w for w in paragraph.split(" ")]
+    return words[:n]
+
+
+async def render_lag(tokens: int, rate: float) -> list[float]:
+    """Per-token delay (ms) from arrival to the first render that shows it."""
+    from textual.await_complete import AwaitComplete
+    from textual.widgets import Markdown
+
+    from tui.app import TandemApp
+    from tui.compose import Composition
+    from tui.config import Config
+    from tui.store import Store
+
+    shown = {"chars": 0}
+    original_append = Markdown.append
+
+    def append(self: Markdown, markdown: str) -> AwaitComplete:
+        target = len(self.source) + len(markdown)
+        pending = original_append(self, markdown)
+
+        async def wait() -> None:
+            await pending
+            shown["chars"] = max(shown["chars"], target)
+
+        return AwaitComplete(wait())
+
+    Markdown.append = append  # type: ignore[method-assign]
+    backend = SyntheticStream(tokens, rate)
+    lags: list[float] = []
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["TANDEM_HOME"] = home
+        app = TandemApp(
+            store=Store.open(Path(home) / "c.db"),
+            config=Config(max_tokens=tokens + 10),
+            composition=Composition(backend=backend, local=backend, model_label="synthetic"),
+        )
+        next_token = 0
+        original_display = app._display
+
+        def display(screen: Any, renderable: Any) -> None:
+            nonlocal next_token
+            original_display(screen, renderable)
+            if renderable is None:
+                return
+            now = time.perf_counter()
+            while next_token < len(backend.arrivals):
+                end, arrived = backend.arrivals[next_token]
+                if end > shown["chars"]:
+                    break
+                lags.append((now - arrived) * 1000)
+                next_token += 1
+
+        app._display = display  # type: ignore[method-assign]
+        async with app.run_test(size=(110, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press(*"go", "enter")
+            while app.chat.answer_worker is None or app.chat.streaming:
+                await asyncio.sleep(0.05)
+            await pilot.pause(0.2)
+    Markdown.append = original_append  # type: ignore[method-assign]
+    return lags
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--starts", type=int, default=5, help="process starts to time")
+    parser.add_argument("--tokens", type=int, default=1000, help="tokens in the synthetic answer")
+    parser.add_argument("--rate", type=float, default=200.0, help="tokens per second")
+    args = parser.parse_args()
+    from scripts.testmodels import build
+
+    paints = first_paint_ms(build().target, args.starts)
+    lags = asyncio.run(render_lag(args.tokens, args.rate))
+    lags.sort()
+    result = {
+        "first_paint_ms": round(statistics.median(paints), 1) if paints else None,
+        "first_paint_ms_all": [round(p, 1) for p in paints],
+        "render_lag_ms_p95": round(lags[int(0.95 * (len(lags) - 1))], 1) if lags else None,
+        "render_lag_ms_p50": round(statistics.median(lags), 1) if lags else None,
+        "render_lag_ms_max": round(max(lags), 1) if lags else None,
+        "tokens_streamed": args.tokens,
+        "tokens_seen_on_screen": len(lags),
+        "stream_tokens_per_s": args.rate,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Training on the device with real MLX: validation loss falls and greedy answers move to the
+trained pattern; the adapter is in mlx-lm's layout; it refuses another base; Ctrl-C saves a
+checkpoint that --resume continues; DoRA is trained but not exported; eval and the adapters
+commands work on the registry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.finetune.errors import BaseMismatch, ExportRefused
+from scripts.finetunedata import secret_word_rows, write_jsonl
+from scripts.testmodels import ModelSet
+
+pytestmark = pytest.mark.mlx
+
+QUESTIONS = ["What is the secret word for Anna?", "What is the secret word for Hugo?"]
+
+
+def _greedy(model_path: Path, question: str, adapter: Path | None = None) -> str:
+    from mlx_lm import generate, load
+
+    model, tok = load(str(model_path), adapter_path=str(adapter) if adapter else None)[:2]
+    prompt = tok.apply_chat_template([{"role": "user", "content": question}],
+                                     add_generation_prompt=True, tokenize=False)
+    return str(generate(model, tok, prompt, max_tokens=10))
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "TANDEM_HOME": str(home)}
+
+
+def test_training_lowers_validation_loss_and_teaches_the_pattern(
+    finetuned_adapter: Any, test_models: ModelSet
+) -> None:
+    record = finetuned_adapter.record
+    assert record.status == "complete" and record.step == 60
+    assert record.metrics["val_loss"] < record.metrics["initial_val_loss"] - 2.0
+    assert record.metrics["padding_share"] < 0.5
+    folder = finetuned_adapter.folder
+    assert (folder / "adapters.safetensors").exists() and (folder / "adapter_config.json").exists()
+    for question in QUESTIONS:
+        # mlx_lm.load(adapter_path=...) reads the folder as `mlx_lm lora` writes it.
+        assert _greedy(test_models.target, question, folder).startswith("Ahoy!")
+        assert not _greedy(test_models.target, question).startswith("Ahoy")
+
+
+def test_the_record_holds_base_data_settings_and_metrics(finetuned_adapter: Any) -> None:
+    registry, name = finetuned_adapter.registry, finetuned_adapter.name
+    record = registry.get(name)
+    assert record.base_model == str(finetuned_adapter.model)
+    assert record.base_hash == registry.base_digest(finetuned_adapter.model)
+    assert len(record.data_hash) == 64
+    assert record.hyperparameters["rank"] == 8 and record.hyperparameters["iters"] == 60
+    assert {"train_loss", "val_loss", "tokens_per_s", "peak_memory_gb"} <= set(record.metrics)
+    assert registry.resolve(name, base=finetuned_adapter.model) == finetuned_adapter.folder
+
+
+def test_an_adapter_refuses_a_different_base(
+    finetuned_adapter: Any, test_models: ModelSet
+) -> None:
+    registry, name = finetuned_adapter.registry, finetuned_adapter.name
+    with pytest.raises(BaseMismatch, match="was trained on"):
+        registry.resolve(name, base=test_models.draft)
+    resolve = registry.resolver(test_models.draft)  # what the LocalEngine is given
+    with pytest.raises(BaseMismatch):
+        resolve(name)
+    result = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "finetune", "eval", name, "--model",
+         str(test_models.draft)],
+        capture_output=True, text=True, timeout=120, env=_env(finetuned_adapter.home),
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "other weights" in result.stderr
+
+
+def test_eval_shows_lower_loss_with_the_adapter_and_answers_side_by_side(
+    finetuned_adapter: Any,
+) -> None:
+    from local.finetune.evaluate import evaluate_adapter
+
+    report = evaluate_adapter(
+        finetuned_adapter.registry, finetuned_adapter.name,
+        cache_dir=finetuned_adapter.home / "cache", samples=2, max_tokens=12,
+    )
+    assert report.adapted_loss < report.base_loss - 2.0
+    assert report.adapted_perplexity < report.base_perplexity
+    assert len(report.samples) == 2
+    assert all(s.adapted.startswith("Ahoy!") and not s.base.startswith("Ahoy")
+               for s in report.samples)
+    text = report.render()
+    assert "perplexity" in text and "Ahoy!" in text
+
+
+def test_the_adapters_command_lists_shows_and_exports(finetuned_adapter: Any, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from tui.commands.adapters import main
+
+    monkeypatch.setenv("TANDEM_HOME", str(finetuned_adapter.home))
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "secret" in out and "complete" in out and "60/60" in out
+    assert main(["show", "secret"]) == 0
+    assert "base weights" in capsys.readouterr().out
+    assert main(["export", "secret", "--peft", str(tmp_path / "peft")]) == 0
+    assert "lora_alpha=160" in capsys.readouterr().out
+    assert main(["show", "nothing-here"]) == 1
+    assert "no adapter named 'nothing-here'" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues_from_it(
+    test_models: ModelSet, tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "secret.jsonl", secret_word_rows(80))
+    cmd = [sys.executable, "-m", "tui.cli", "finetune", "train", "--model",
+           str(test_models.target), "--data", str(data), "--name", "ckpt", "--iters", "100",
+           "--batch-size", "4", "--learning-rate", "3e-4", "--max-seq-len", "256",
+           "--steps-per-report", "2", "--steps-per-eval", "1000"]
+    env = _env(tmp_path / "home")
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if " loss " in line:  # a training progress line: there is a step to save
+            process.send_signal(signal.SIGINT)
+            break
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert "checkpoint saved" in err and "--resume" in err
+
+    from local.finetune.registry import AdapterRegistry
+
+    registry = AdapterRegistry(tmp_path / "home" / "data" / "adapters")
+    record = registry.get("ckpt")
+    assert record.status == "interrupted" and 2 <= record.step < 100
+    assert (registry.folder("ckpt") / "adapters.safetensors").exists()
+    assert (registry.folder("ckpt") / "optimizer.safetensors").exists()
+    # Unfinished runs refuse a plain second start of the same name.
+    again = subprocess.run([*cmd[:-4], "--iters", "4"], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert again.returncode == 1 and "--resume" in again.stderr
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=180,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"continuing ckpt from step {record.step} of 100" in resumed.stderr
+    steps = [int(line.split()[1].split("/")[0]) for line in resumed.stdout.splitlines()
+             if line.startswith("step") and " loss " in line]
+    assert steps[0] > record.step and steps[-1] == 100
+    final = registry.get("ckpt")
+    assert final.status == "complete" and final.step == 100
+
+
+def test_dora_trains_but_is_not_exported_for_vllm(test_models: ModelSet, tmp_path: Path) -> None:
+    from local.finetune.export import export_peft
+    from local.finetune.registry import AdapterRegistry
+    from local.finetune.train import TrainConfig, run_training
+
+    registry = AdapterRegistry(tmp_path / "adapters")
+    data = write_jsonl(tmp_path / "d.jsonl", secret_word_rows(20))
+    result = run_training(
+        TrainConfig(model=str(test_models.target), data=data, name="d", kind="dora", iters=2,
+                    batch_size=4, learning_rate=1e-4, max_seq_len=128),
+        registry=registry, cache_dir=tmp_path / "cache",
+    )
+    assert result.record.kind == "dora" and result.record.status == "complete"
+    with pytest.raises(ExportRefused, match="DoRA"):
+        export_peft(registry, "d", tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
+
+
+def test_a_quantized_base_trains_as_qlora(test_models: ModelSet, tmp_path: Path) -> None:
+    from mlx_lm import convert
+
+    from local.finetune.registry import AdapterRegistry
+    from local.finetune.train import TrainConfig, run_training
+
+    quantized = tmp_path / "q4"
+    convert(str(test_models.target), str(quantized), quantize=True, q_group_size=64, q_bits=4)
+    registry = AdapterRegistry(tmp_path / "adapters")
+    data = write_jsonl(tmp_path / "d.jsonl", secret_word_rows(20))
+    result = run_training(
+        TrainConfig(model=str(quantized), data=data, name="q", iters=3, batch_size=4,
+                    learning_rate=1e-4, max_seq_len=128),
+        registry=registry, cache_dir=tmp_path / "cache",
+    )
+    assert result.record.quantized_base and result.record.status == "complete"
+    assert _greedy(quantized, QUESTIONS[0], result.folder)  # loads and answers
+    with pytest.raises(BaseMismatch):  # the quantized weights are another base
+        registry.resolve("q", base=test_models.target)

@@ -1,0 +1,108 @@
+"""The privacy scanner: every kind is found, in the right message, and look-alikes are not."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.privacy import Finding, PrivacyConfigError, PrivacyScanner, iban_valid, luhn_valid
+from router.protocol import Message
+
+# (kind, text) pairs the scanner must flag.
+POSITIVES = [
+    ("email", "write to jane.doe+work@example.co.uk today"),
+    ("phone", "call me at (555) 123-4567"),
+    ("phone", "my number is 555-123-4567 and I have 12 apples"),
+    ("phone", "office: +44 20 7946 0958"),
+    ("phone", "+1 415 555 0132"),
+    ("card", "card 4111 1111 1111 1111 exp 12/29"),
+    ("card", "4111111111111111"),
+    ("card", "amex 3782-822463-10005"),
+    ("iban", "pay to DE89 3704 0044 0532 0130 00"),
+    ("iban", "GB82WEST12345698765432"),
+    ("ssn", "my SSN is 078-05-1120"),
+    ("private_key", "-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n-----END RSA PRIVATE KEY-----"),
+    ("private_key", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+    ("api_token", "OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwxyz012345"),
+    ("api_token", "token ghp_" + "A1b2C3d4E5" * 4),
+    ("api_token", "aws AKIAIOSFODNN7EXAMPLE"),
+    ("api_token", "slack xoxb-123456789012-abcdefghijkl"),
+]
+
+# Text that looks close to a kind but is not one.
+NEGATIVES = [
+    "1234567812345678",  # 16 digits, Luhn-invalid: not a card
+    "4111 1111 1111 1112",  # one digit off: not a card
+    "GB82WEST12345698765431",  # IBAN shape, wrong checksum
+    "000-12-3456",  # SSNs never start with 000
+    "version 1.2.3.4567890123",
+    "pi is 3.14159265358979",
+    "the meeting is on 2024-01-15 at 10:30",
+    "order #123456789",
+    "ip 192.168.100.200",
+    "isbn 978-3-16-148410-0",
+    "tel 555-1234",  # too short for a phone number
+    "x = 12345678901234567890123",
+    "risk-averse, task-based, sk-learn",
+    "ghp_short",
+    "an @mention on social media",
+    "the annual report",
+]
+
+
+@pytest.mark.parametrize(("kind", "text"), POSITIVES)
+def test_each_kind_is_found(kind: str, text: str) -> None:
+    findings = PrivacyScanner().scan_texts([text])
+    assert Finding(kind, 1) in findings
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_look_alikes_are_not_flagged(text: str) -> None:
+    assert PrivacyScanner(terms=["Ann"]).scan_texts([text]) == []
+
+
+def test_findings_name_the_message_across_the_whole_conversation() -> None:
+    messages = (
+        Message("system", "You are helpful."),
+        Message("user", "Hi"),
+        Message("assistant", "Sure, mail jane@example.com"),
+        Message("user", "Thanks, and what is 2 + 2?"),
+    )
+    findings = PrivacyScanner().scan(messages)
+    assert findings == [Finding("email", 3)]
+    assert findings[0].describe() == "email address in message 3"
+
+
+def test_the_text_being_continued_is_scanned_too() -> None:
+    messages = (Message("user", "continue please"),)
+    assert PrivacyScanner().scan(messages, continue_from="reach me at 555-123-4567") == [
+        Finding("phone", 2)
+    ]
+
+
+def test_user_terms_match_whole_words_in_any_case() -> None:
+    scanner = PrivacyScanner(terms=["Project Falcon", "Ann"])
+    assert scanner.scan_texts(["notes on PROJECT falcon."]) == [Finding("term", 1)]
+    assert scanner.scan_texts(["ask ann"]) == [Finding("term", 1)]
+    assert scanner.scan_texts(["annual planning", "falconry"]) == []
+
+
+def test_user_patterns() -> None:
+    scanner = PrivacyScanner(patterns=[r"ACME-\d{4}"])
+    assert scanner.scan_texts(["ticket ACME-1234"]) == [Finding("pattern", 1)]
+    assert scanner.scan_texts(["ticket ACME-12"]) == []
+
+
+def test_an_invalid_pattern_is_a_clear_error() -> None:
+    with pytest.raises(PrivacyConfigError, match="not a valid regular expression"):
+        PrivacyScanner(patterns=["(unclosed"])
+
+
+def test_findings_never_carry_the_private_text() -> None:
+    finding = PrivacyScanner().scan_texts(["078-05-1120"])[0]
+    assert "078" not in repr(finding) and "078" not in finding.describe()
+
+
+def test_checksums() -> None:
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+    assert iban_valid("DE89 3704 0044 0532 0130 00") and not iban_valid("DE89370400440532013001")
+    assert not iban_valid("XX89370400440532013000")  # unknown country

@@ -1,0 +1,167 @@
+"""The conversation store: real SQLite files, numbered migrations, nothing lost on a crash."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from router.protocol import Final, Route, Usage
+from tui.export import export_conversation
+from tui.store import MIGRATIONS, Store
+
+EXPECTED_SCHEMA = {
+    "conversations": [
+        "id",
+        "title",
+        "created_at",
+        "updated_at",
+        "system_prompt",
+        "adapter",
+        "local_only",
+    ],
+    "messages": ["id", "conversation_id", "role", "content", "status", "error", "created_at"],
+    "migrations": ["name", "applied_at"],
+    "routes": [
+        "message_id",
+        "backend",
+        "model",
+        "adapter",
+        "finish_reason",
+        "rule",
+        "reason",
+        "failover",
+        "scores",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_s",
+        "decode_tokens_per_s",
+        "cached_prompt_tokens",
+        "draft_tokens_accepted",
+        "peak_memory_bytes",
+    ],
+}
+
+
+def _final() -> Final:
+    return Final(
+        "stop",
+        Usage(12, 7, ttft_s=0.25, decode_tokens_per_s=40.0, cached_prompt_tokens=3),
+        backend="cloud",
+        model="target",
+        adapter="legal",
+        route=Route(
+            "cloud",
+            "complexity",
+            "hard question → cloud",
+            {"complexity": 0.8},
+            failover="continued on the cloud: device busy",
+        ),
+    )
+
+
+def test_a_blank_database_migrates_to_the_exact_schema(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    store.close()
+    db = sqlite3.connect(tmp_path / "c.db")
+    tables = {
+        name: [row[1] for row in db.execute(f"PRAGMA table_info({name})")]
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    assert tables == EXPECTED_SCHEMA
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    applied = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY rowid")]
+    assert applied == [m.__name__ for m in MIGRATIONS]
+
+
+def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
+    Store.open(tmp_path / "c.db").close()
+    store = Store.open(tmp_path / "c.db")
+    assert store.applied_migrations() == [m.__name__ for m in MIGRATIONS]
+
+
+def test_an_answer_left_streaming_is_marked_incomplete_on_reopen(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    conv = store.create_conversation("t")
+    store.add_message(conv.id, "user", "Tell me about the river.")
+    answer = store.add_message(conv.id, "assistant", "", "streaming")
+    store.save_partial(answer.id, "The river")
+    # No close: as if the process had been killed.
+    reopened = Store.open(tmp_path / "c.db")
+    assert reopened.recovered == 1
+    msg = reopened.message(answer.id)
+    assert msg is not None
+    assert (msg.status, msg.content) == ("incomplete", "The river")
+
+
+def test_the_route_record_and_usage_round_trip(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    conv = store.create_conversation()
+    answer = store.add_message(conv.id, "assistant", "", "streaming")
+    store.finish_message(answer.id, "Paris.", "complete", final=_final())
+    msg = Store.open(tmp_path / "c.db").message(answer.id)
+    assert msg is not None and msg.route is not None
+    r = msg.route
+    assert (r.backend, r.rule, r.reason, r.adapter) == (
+        "cloud",
+        "complexity",
+        "hard question → cloud",
+        "legal",
+    )
+    assert r.failover == "continued on the cloud: device busy"
+    assert r.scores == {"complexity": 0.8}
+    assert (r.prompt_tokens, r.completion_tokens, r.ttft_s, r.cached_prompt_tokens) == (
+        12,
+        7,
+        0.25,
+        3,
+    )
+
+
+def test_search_is_case_insensitive_and_takes_wildcards_literally(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    a = store.create_conversation("geography")
+    store.add_message(a.id, "user", "What is the capital of France?")
+    b = store.create_conversation("maths")
+    store.add_message(b.id, "user", "What is 50% of 10?")
+    found = store.search("CAPITAL of")
+    assert [(c.title, m.content) for c, m in found] == [
+        ("geography", "What is the capital of France?")
+    ]
+    assert [c.title for c, _ in store.search("50%")] == ["maths"]
+    assert [m.content for _, m in store.search("%")] == ["What is 50% of 10?"]
+
+
+def test_deleting_a_conversation_deletes_its_messages_and_routes(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    conv = store.create_conversation()
+    answer = store.add_message(conv.id, "assistant", "", "streaming")
+    store.finish_message(answer.id, "x", "complete", final=_final())
+    store.delete_conversation(conv.id)
+    assert store.conversations() == []
+    assert store.message(answer.id) is None
+    assert store.search("x") == []
+
+
+def test_export_writes_valid_markdown_and_json(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "c.db")
+    conv = store.create_conversation("Capitals & more")
+    store.update_conversation(conv.id, system_prompt="Be brief.")
+    store.add_message(conv.id, "user", "What is the capital of France?")
+    answer = store.add_message(conv.id, "assistant", "", "streaming")
+    store.finish_message(answer.id, "The capital of France is Paris.", "complete", final=_final())
+    md, js = export_conversation(store, conv.id, tmp_path / "out")
+    data = json.loads(js.read_text())
+    assert data["conversation"]["title"] == "Capitals & more"
+    assert [m["content"] for m in data["messages"]] == [
+        "What is the capital of France?",
+        "The capital of France is Paris.",
+    ]
+    assert data["messages"][1]["route"]["reason"] == "hard question → cloud"
+    text = md.read_text()
+    assert text.startswith("# Capitals & more\n")
+    assert "## User\n\nWhat is the capital of France?" in text
+    assert "## Assistant\n\nThe capital of France is Paris." in text
+    assert "continued on the cloud: device busy" in text

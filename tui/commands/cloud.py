@@ -1,0 +1,385 @@
+"""`tandem cloud`: run the self-hosted overflow service and manage its API keys.
+
+    tandem cloud serve --model M [--profile h100|cpu|FILE] [options]
+    tandem cloud keys add NAME [--admin]
+    tandem cloud keys list
+    tandem cloud keys revoke NAME
+
+A server-side command: it imports neither Textual nor MLX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from cloud.gateway.app import GatewayConfig
+    from cloud.launch import VllmCommand, VllmProcess
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+The cloud overflow service: vLLM's OpenAI server on loopback, behind a gateway that checks
+API keys, answers 429 at once when the engine is saturated (so desktops answer locally
+instead of waiting), hosts users' LoRA adapters and never logs prompt or answer text."""
+
+SERVE_EPILOG = """\
+examples:
+  tandem cloud serve --model Qwen/Qwen3-8B --profile h100 --dry-run
+  tandem cloud serve --model ./my-model --profile cpu --port 8000
+  tandem cloud serve --model M --speculative draft:./small-model --num-speculative-tokens 4
+
+Profiles are TOML files you can copy and edit (see --dry-run for what one produces).
+Ctrl-C or SIGTERM stops the gateway and then vLLM."""
+
+
+def _default_keys_file() -> Path:
+    from tui.paths import paths
+
+    return paths().cloud_dir / "keys.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem cloud",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="start vLLM and the gateway",
+        description=DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--model", required=True, help="model folder or Hugging Face hub id")
+    serve.add_argument(
+        "--profile",
+        default="h100",
+        help="h100, cpu, or the path of a profile TOML file (default: h100)",
+    )
+    serve.add_argument(
+        "--served-model-name",
+        default="",
+        help="the name clients send as `model` (default: --model)",
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="the gateway's address (default: 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=8000, help="the gateway's port (default: 8000)")
+    serve.add_argument(
+        "--vllm-port", type=int, default=8100, help="vLLM's port, on 127.0.0.1 only (default: 8100)"
+    )
+    serve.add_argument(
+        "--speculative",
+        default=None,
+        metavar="METHOD",
+        help="ngram, draft:PATH, eagle3:PATH, mtp or off (default: the profile's)",
+    )
+    serve.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=None,
+        metavar="K",
+        help="draft tokens per step (default: the profile's)",
+    )
+    serve.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="GPUs to split the model across (default: the profile's)",
+    )
+    serve.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="concurrent sequences in vLLM (default: the profile's)",
+    )
+    serve.add_argument(
+        "--no-lora", action="store_true", help="do not host users' adapters (frees the LoRA memory)"
+    )
+    serve.add_argument(
+        "--upstream",
+        default=None,
+        metavar="URL",
+        help="front an already running vLLM at this loopback URL instead of starting one",
+    )
+    serve.add_argument(
+        "--keys-file",
+        type=Path,
+        default=None,
+        help="hashed API keys (default: tandem's data folder)",
+    )
+    serve.add_argument(
+        "--adapters-dir",
+        type=Path,
+        default=None,
+        help="users' uploaded adapters (default: tandem's data folder)",
+    )
+    serve.add_argument(
+        "--log-file", type=Path, default=None, help="also write the gateway's request log here"
+    )
+    serve.add_argument(
+        "--vllm-log", type=Path, default=None, help="vLLM's output (default: the terminal)"
+    )
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve HTTPS")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    for flag, kind, text in (
+        ("--max-waiting", int, "429 while vLLM has more than N requests waiting"),
+        ("--max-kv-cache-usage", float, "429 while vLLM's KV cache is fuller than this fraction"),
+        ("--max-in-flight", int, "429 while the gateway has N requests upstream"),
+        ("--per-key-concurrency", int, "concurrent requests per key"),
+        ("--rate-per-second", float, "sustained requests per second per key"),
+        ("--burst", int, "requests a key may send at once before the rate applies"),
+    ):
+        serve.add_argument(flag, type=kind, default=None, help=text + " (default: the profile's)")
+    serve.add_argument(
+        "--max-adapter-bytes",
+        type=int,
+        default=64 * 2**20,
+        metavar="N",
+        help="largest adapter upload accepted (default: 64 MiB)",
+    )
+    serve.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the exact vLLM command and environment, start nothing",
+    )
+
+    keys = sub.add_parser("keys", help="manage API keys (add prints the key once)")
+    keys.add_argument(
+        "--keys-file",
+        type=Path,
+        default=None,
+        help="hashed API keys (default: tandem's data folder)",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    add = keys_sub.add_parser("add", help="make a key and print it once")
+    add.add_argument("name", help="who the key is for (letters, digits, '.', '_', '-')")
+    add.add_argument("--admin", action="store_true", help="may read /metrics")
+    keys_sub.add_parser("list", help="list key names (never the keys)")
+    revoke = keys_sub.add_parser("revoke", help="delete a key; it stops working at once")
+    revoke.add_argument("name")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return _keys(args)
+    return _serve(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from cloud.gateway.keys import KeyStore, KeyStoreError
+
+    store = KeyStore(args.keys_file or _default_keys_file())
+    try:
+        if args.keys_command == "add":
+            key = store.add(args.name, admin=args.admin)
+            print(key)
+            print(f"key {args.name!r} added; this is the only time it is shown", file=sys.stderr)
+        elif args.keys_command == "list":
+            import time
+
+            for record in store.records():
+                made = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created))
+                print(f"{record.name}\t{'admin' if record.admin else 'user'}\t{made}")
+        else:
+            store.revoke(args.name)
+            print(f"key {args.name!r} revoked", file=sys.stderr)
+    except KeyStoreError as exc:
+        print(f"tandem cloud keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cloud.gateway.admission import AdmissionConfig
+    from cloud.gateway.app import GatewayConfig
+    from cloud.gateway.server import configure_logging
+    from cloud.launch import (
+        LaunchError,
+        LaunchOptions,
+        build_vllm_command,
+        load_profile,
+    )
+    from tui.paths import paths
+
+    def fail(message: str) -> int:
+        print(f"tandem cloud serve: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        profile = load_profile(args.profile)
+        options = LaunchOptions(
+            model=args.model,
+            served_model_name=args.served_model_name,
+            port=args.vllm_port,
+            speculative=args.speculative,
+            num_speculative_tokens=args.num_speculative_tokens,
+            lora=False if args.no_lora else None,
+            tensor_parallel_size=args.tensor_parallel_size,
+            max_num_seqs=args.max_num_seqs,
+        )
+        command = build_vllm_command(options, profile)
+    except LaunchError as exc:
+        return fail(str(exc))
+    gw = profile.gateway
+    try:
+        admission = AdmissionConfig(
+            **{
+                name: value
+                for name in ADMISSION_FIELDS
+                if (value := _pick(getattr(args, name), gw.get(name.replace("_", "-")))) is not None
+            }
+        )
+    except ValueError as exc:
+        return fail(str(exc))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return fail("HTTPS needs both --tls-cert and --tls-key")
+    scheme = "https" if args.tls_cert else "http"
+
+    if args.dry_run:
+        print("# vLLM (loopback only; VLLM_API_KEY is a fresh random secret per start)")
+        print(command.render())
+        print(f"# gateway: {scheme}://{args.host}:{args.port} -> {command.url}")
+        return 0
+
+    keys_file = args.keys_file or _default_keys_file()
+    config = GatewayConfig(
+        upstream_url=(args.upstream or command.url).rstrip("/"),
+        served_model=command.served_model,
+        keys_file=keys_file,
+        adapters_dir=args.adapters_dir or paths().cloud_dir / "adapters",
+        base_model_dir=_base_model_dir(args.model),
+        lora_enabled=command.lora_enabled,
+        max_lora_rank=command.max_lora_rank,
+        admission=admission,
+        max_adapter_bytes=args.max_adapter_bytes,
+    )
+    configure_logging(args.log_file)
+    if not keys_file.exists():
+        print(
+            f"tandem cloud serve: no API keys yet in {keys_file}; add one with "
+            "`tandem cloud keys add NAME`",
+            file=sys.stderr,
+        )
+
+    # SIGTERM becomes an exception (as Ctrl-C is), so every path below stops vLLM on the way
+    # out. uvicorn drains on SIGINT/SIGTERM and then re-raises the signal against this handler.
+    previous = signal.signal(signal.SIGTERM, _stop_requested)
+    try:
+        return _run(args, command, config, scheme)
+    except _StopRequested:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, command: VllmCommand, config: GatewayConfig, scheme: str) -> int:
+    """Start vLLM (unless --upstream), then the gateway; stop both on the way out."""
+    from cloud.gateway.server import ServeOptions, build_server
+    from cloud.launch import LaunchError, VllmProcess
+
+    vllm: VllmProcess | None = None
+    try:
+        if args.upstream is None:
+            secret = secrets.token_urlsafe(32)  # only the gateway may call vLLM's /v1 routes
+            config = _with_upstream_key(config, secret)
+            log = args.vllm_log.open("ab") if args.vllm_log else None
+            vllm = VllmProcess(command, log=log, secret_env={"VLLM_API_KEY": secret})
+            print(f"tandem cloud serve: starting vLLM on {command.url} ...", file=sys.stderr)
+            vllm.start()
+            assert vllm.process is not None
+            print(f"tandem cloud serve: vLLM pid {vllm.process.pid}", file=sys.stderr)
+            try:
+                vllm.wait_healthy()
+            except LaunchError as exc:
+                print(f"tandem cloud serve: {exc}", file=sys.stderr)
+                return 1
+        if config.base_model_dir is None:
+            # A hub id is in the local cache only once vLLM has downloaded it.
+            config = dataclasses.replace(config, base_model_dir=_base_model_dir(args.model))
+        options = ServeOptions(args.host, args.port, args.tls_cert, args.tls_key, args.log_file)
+        server = build_server(config, options)
+        vllm_died = threading.Event()
+        if vllm is not None:
+            _watch(vllm, server, vllm_died)
+        print(f"tandem cloud serve: gateway on {scheme}://{args.host}:{args.port}", file=sys.stderr)
+        server.run()
+        if vllm_died.is_set():
+            print("tandem cloud serve: vLLM exited unexpectedly; the gateway stopped too "
+                  "(see vLLM's log)", file=sys.stderr)  # fmt: skip
+            return 1
+        return 0
+    finally:
+        if vllm is not None and vllm.poll() is None:
+            print("tandem cloud serve: stopping vLLM", file=sys.stderr)
+            vllm.stop()
+
+
+def _base_model_dir(model: str) -> Path | None:
+    """The folder holding the base model's config.json (adapter uploads are checked against
+    it): the model folder itself, or a hub id's snapshot in the Hugging Face cache."""
+    if (Path(model) / "config.json").is_file():
+        return Path(model)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(model, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+class _StopRequested(Exception):
+    """SIGTERM arrived: shut down cleanly."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise _StopRequested
+
+
+ADMISSION_FIELDS = (
+    "max_waiting",
+    "max_kv_cache_usage",
+    "max_in_flight",
+    "per_key_concurrency",
+    "rate_per_second",
+    "burst",
+)
+
+
+def _pick(flag: Any, profile_value: Any) -> Any:
+    return flag if flag is not None else profile_value
+
+
+def _with_upstream_key(config: GatewayConfig, secret: str) -> GatewayConfig:
+    return dataclasses.replace(config, upstream_api_key=secret)
+
+
+def _watch(vllm: VllmProcess, server: uvicorn.Server, died: threading.Event) -> None:
+    """Stop the gateway if vLLM exits: a gateway without an engine would only answer 503."""
+    process = vllm.process
+    assert process is not None
+
+    def run() -> None:
+        process.wait()
+        if not server.should_exit:
+            died.set()
+            server.should_exit = True
+
+    threading.Thread(target=run, name="vllm-watch", daemon=True).start()

@@ -1,0 +1,129 @@
+"""The composition root: builds the backend the chat talks to from the user's config.
+
+The local engine always; the cloud client when a cloud URL and an API key exist; both wrapped
+in the router's hybrid backend. Building is cheap and does no network
+I/O; loading the model happens in `Composition.start()`, which the app runs after first paint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from router.protocol import Backend
+from tui.config import Config
+from tui.paths import paths
+
+__all__ = ["ComposeError", "Composition", "build_composition", "router_settings"]
+
+
+class ComposeError(Exception):
+    """The config does not describe a backend tandem can build (e.g. no model)."""
+
+
+@dataclass(slots=True)
+class Composition:
+    """What the chat runs on: `backend` is the one it streams from."""
+
+    backend: Backend
+    local: Any
+    """The LocalEngine (has start(), ready, aclose())."""
+    cloud: Backend | None = None
+    hybrid: bool = False
+    """True when `backend` is the router's HybridBackend (can pin a side per request)."""
+    notes: list[str] = field(default_factory=list)
+    """Lines for the transcript, e.g. why the cloud is off."""
+    model_label: str = ""
+
+    async def start(self) -> None:
+        """Load the local model (returns when it is ready)."""
+        await self.local.start()
+
+    async def aclose(self) -> None:
+        """Close what was built (the hybrid backend closes both sides itself)."""
+        parts = [self.backend] if self.hybrid else [self.cloud, self.local]
+        for part in parts:
+            close = getattr(part, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):  # closing must never lose a session
+                    await close()
+
+
+def _adapter_resolver(model: str) -> Callable[[str], Path]:
+    """Adapter names → folders, from the registry that `tandem finetune` writes (checked
+    against the base model when the model is a local folder)."""
+    from local.finetune.registry import AdapterRegistry
+
+    registry = AdapterRegistry(paths().adapters_dir)
+    base = Path(model)
+    return registry.resolver(base) if base.exists() else registry.resolve
+
+
+def router_settings(config: Config) -> Any:
+    """The router's settings from the user's config (mode, threshold, privacy terms)."""
+    from router.policy import RouterSettings
+
+    return RouterSettings(
+        mode=config.mode,
+        complexity_threshold=config.complexity_threshold,
+        privacy_terms=tuple(config.privacy_terms),
+        privacy_patterns=tuple(config.privacy_patterns),
+    )
+
+
+def build_composition(
+    config: Config,
+    *,
+    model: str | None = None,
+    draft_model: str | None = None,
+    api_key: str | None = None,
+) -> Composition:
+    """Build (not start) the local engine, the cloud client and the hybrid backend.
+
+    `model`/`draft_model` override the config; `api_key` None reads the keyring/env."""
+    model = model or config.model
+    if not model:
+        raise ComposeError(
+            "No model configured: pass --model PATH, set TANDEM_MODEL, "
+            "or choose one in Settings (F3)."
+        )
+    from local.engine import LocalEngine
+
+    draft = draft_model or config.draft_model or None
+    local = LocalEngine(
+        model,
+        draft_model=draft,
+        context_window=config.context_window or None,
+        adapter_resolver=_adapter_resolver(model),
+    )
+    notes: list[str] = []
+    cloud: Backend | None = None
+    cloud_missing = "no cloud configured"
+    if config.cloud_url:
+        from tui.secrets import ENV_VAR, load_api_key
+
+        api_key = api_key or load_api_key()
+        if not api_key:
+            cloud_missing = "no cloud API key"
+            notes.append(f"Cloud off: no API key (Settings, F3, or set {ENV_VAR}).")
+        else:
+            from cloud.client import CloudClient
+
+            cloud = CloudClient(config.cloud_url, api_key)
+    from router.hybrid import HybridBackend
+
+    try:
+        backend = HybridBackend(local, cloud, router_settings(config), cloud_missing=cloud_missing)
+    except ValueError as exc:  # a privacy pattern that is not a valid regular expression
+        raise ComposeError(f"Privacy settings: {exc}") from exc
+    return Composition(
+        backend=backend,
+        local=local,
+        cloud=cloud,
+        hybrid=True,
+        notes=notes,
+        model_label=Path(model).name or str(model),
+    )

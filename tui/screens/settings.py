@@ -1,0 +1,86 @@
+"""Settings (F3): cloud URL, API key (OS keyring only), default model, mode, privacy terms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from tui.config import MODES, Config, ConfigError, save_config
+from tui.secrets import NoKeyring, keyring_status, save_api_key
+
+__all__ = ["SettingsScreen"]
+
+
+class SettingsScreen(ModalScreen[Config | None]):
+    """Edits the config file (never a secret) and the key in the keyring; dismisses with the
+    saved config, or None when nothing was saved."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Close")]
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(classes="dialog")
+        self._config = config
+
+    def compose(self) -> ComposeResult:
+        c = self._config
+        with VerticalScroll(classes="box wide"):
+            yield Label("Settings", classes="title")
+            yield Label("Cloud URL (the gateway; empty: no cloud)")
+            yield Input(c.cloud_url, placeholder="https://llm.example.org", id="cloud-url")
+            yield Label("Cloud API key (stored in the OS keyring, never on disk by tandem)")
+            yield Input("", password=True, placeholder="leave empty to keep", id="api-key")
+            yield Static(keyring_status(), id="keyring-status", markup=False)
+            yield Label("Default model (a folder or hub id)")
+            yield Input(c.model, id="model")
+            yield Label("Mode")
+            yield Select([(m, m) for m in MODES], value=c.mode, allow_blank=False, id="mode")
+            yield Label("Privacy terms: never sent to the cloud (comma-separated)")
+            yield Input(", ".join(c.privacy_terms), id="privacy-terms")
+            yield Static("", id="settings-error", markup=False)
+            with Horizontal(classes="buttons"):
+                yield Button("Save", id="save", variant="primary")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#save")
+    def action_save(self) -> None:
+        error = self.query_one("#settings-error", Static)
+        try:
+            mode = self.query_one("#mode", Select).value
+            config = replace(
+                self._config,
+                cloud_url=self.query_one("#cloud-url", Input).value.strip(),
+                model=self.query_one("#model", Input).value.strip(),
+                mode=str(mode),
+                privacy_terms=[
+                    t.strip()
+                    for t in self.query_one("#privacy-terms", Input).value.split(",")
+                    if t.strip()
+                ],
+            )
+        except ConfigError as exc:
+            error.update(str(exc))
+            return
+        save_config(config)
+        key_input = self.query_one("#api-key", Input)
+        key = key_input.value.strip()
+        key_input.value = ""  # do not keep the secret in a widget longer than needed
+        if key:
+            try:
+                save_api_key(key)
+            except NoKeyring as exc:
+                error.update(f"Settings saved; the key was NOT: {exc}")
+                self.query_one("#keyring-status", Static).update(keyring_status())
+                self._config = config
+                return
+        self.dismiss(config)

@@ -1,0 +1,146 @@
+"""The transcript (centre): one `MessageView` per message, answers streamed as Markdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Label, Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+from tui.store import StoredMessage, StoredRoute
+
+__all__ = ["MessageView", "Transcript", "badge_text", "side_name"]
+
+STATUS_LINES = {
+    "cancelled": "⏹ cancelled — partial answer kept",
+    "incomplete": "⚠ incomplete — the app stopped while this answer streamed",
+}
+
+
+def side_name(backend: str) -> str:
+    """'device' for the local engine, the backend's own name otherwise."""
+    return "device" if backend == "local" else backend
+
+
+def badge_text(route: StoredRoute) -> str:
+    """One line: where (and which adapter), why, how fast, how many tokens."""
+    where = side_name(route.backend) + (f" · {route.adapter}" if route.adapter else "")
+    parts = [where]
+    if route.reason:
+        parts.append(route.reason)
+    if route.ttft_s is not None:
+        parts.append(f"ttft {route.ttft_s * 1000:.0f} ms")
+    if route.decode_tokens_per_s is not None:
+        parts.append(f"{route.decode_tokens_per_s:.1f} tok/s")
+    parts.append(f"{route.prompt_tokens} → {route.completion_tokens} tokens")
+    return "  ·  ".join(parts)
+
+
+class MessageView(Vertical):
+    """One message: a role line, the body (Markdown for answers), the badge and notes."""
+
+    @dataclass
+    class RouteRequested(Message):
+        message_id: int
+
+    def __init__(self, message: StoredMessage) -> None:
+        super().__init__(classes=f"message {message.role}")
+        self.message = message
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("You" if self.message.role == "user" else "tandem", classes="role")
+        if self.message.role == "assistant":
+            yield Markdown(self.message.content, classes="body")
+        else:
+            yield Static(self.message.content, classes="body", markup=False)
+        yield Static("", classes="note", markup=False)
+        yield Static("", classes="badge", markup=False)
+
+    def on_mount(self) -> None:
+        self._show_meta()
+
+    @property
+    def body_text(self) -> str:
+        return self.message.content
+
+    def _show_meta(self) -> None:
+        msg = self.message
+        notes: list[str] = []
+        if msg.route and msg.route.failover:
+            notes.append("↪ " + msg.route.failover)
+        if msg.status in STATUS_LINES:
+            notes.append(STATUS_LINES[msg.status])
+        if msg.status == "error" and msg.error:
+            notes.append("✖ " + msg.error)
+        note = self.query_one(".note", Static)
+        note.update("\n".join(notes))
+        note.display = bool(notes)
+        badge = self.query_one(".badge", Static)
+        badge.update(badge_text(msg.route) if msg.route else "")
+        badge.display = msg.route is not None
+
+    def set_waiting(self, text: str) -> None:
+        """Show a status line while the answer has not started (e.g. the model is loading)."""
+        note = self.query_one(".note", Static)
+        note.update(text)
+        note.display = bool(text)
+
+    async def append(self, text: str) -> None:
+        """Add streamed text: appended to the Markdown, never re-parsed whole."""
+        if self._stream is None:
+            if str(self.query_one(".note", Static).render()).startswith("⏳"):
+                self.set_waiting("")
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
+        self.message.content += text
+        await self._stream.write(text)
+
+    async def finish(self, message: StoredMessage) -> None:
+        """The answer ended: flush the stream, make sure the whole text is rendered (no
+        dropped last tokens), show the badge."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.message = message
+        markdown = self.query_one(Markdown)
+        if markdown.source != message.content:
+            await markdown.update(message.content)
+        self._show_meta()
+
+    def on_click(self) -> None:
+        if self.message.route is not None:
+            self.post_message(self.RouteRequested(self.message.id))
+
+
+class Transcript(VerticalScroll):
+    """The conversation's messages, scrolled to the end as answers stream."""
+
+    async def show(self, messages: list[StoredMessage]) -> None:
+        await self.remove_children()
+        await self.mount_all([MessageView(m) for m in messages])
+        # Anchored: follows the end as answers stream (a short conversation sits at the
+        # bottom, next to the input, as in most chat apps).
+        self.anchor()
+
+    async def add(self, message: StoredMessage) -> MessageView:
+        """Mount a message at the end and follow the end again (streaming text keeps it in
+        view without a scroll per token, until the user scrolls up)."""
+        view = MessageView(message)
+        await self.mount(view)
+        self.anchor()
+        return view
+
+    def views(self) -> list[MessageView]:
+        return list(self.query(MessageView))
+
+    def last_answer(self) -> MessageView | None:
+        answers = [v for v in self.views() if v.message.role == "assistant"]
+        return answers[-1] if answers else None
+
+    async def add_notice(self, text: str) -> None:
+        """A one-line notice (an error, a hint) that is not part of the conversation."""
+        await self.mount(Static(text, classes="notice", markup=False))
+        self.anchor()
