@@ -126,9 +126,19 @@ def test_metrics_need_an_admin_key(cloud_gateway: GatewayServer) -> None:
     assert "tandem_gateway_latency_seconds_count" in own
 
 
+def _wait_until_vllm_is_idle(gateway: GatewayServer, timeout_s: float = 60) -> dict[str, float]:
+    """The shared server's counters are global: let earlier tests' answers finish first."""
+    deadline = time.monotonic() + timeout_s
+    metrics = _vllm_metrics(gateway)
+    while metrics.get("vllm:num_requests_running", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        metrics = _vllm_metrics(gateway)
+    return metrics
+
+
 def test_a_client_that_disconnects_cancels_the_generation(cloud_gateway: GatewayServer) -> None:
     max_tokens = 3000
-    before = _vllm_metrics(cloud_gateway).get("vllm:generation_tokens_total", 0.0)
+    before = _wait_until_vllm_is_idle(cloud_gateway).get("vllm:generation_tokens_total", 0.0)
     with httpx.stream(
         "POST",
         f"{cloud_gateway.url}/v1/completions",
