@@ -114,18 +114,27 @@ async def test_the_client_maps_429_to_overloaded_with_retry_after(
     gw = tight_gateway
     request = ChatRequest((Message("user", "Tell me about the river."),), Sampling(max_tokens=8))
     headers = {"Authorization": f"Bearer {gw.api_key}"}
+    caught: Overloaded | None = None
     async with (
         httpx.AsyncClient(base_url=gw.url, headers=headers, timeout=120) as raw,
-        raw.stream("POST", "/v1/completions", json=_long_request()) as holder,
         CloudClient(gw.url, gw.api_key, model="target") as client,
     ):
-        assert holder.status_code == 200
-        lines = holder.aiter_lines()
-        while not (await anext(lines)).startswith("data: "):
-            pass
-        with pytest.raises(Overloaded) as caught:
-            await collect(client.stream(request))
-        assert caught.value.retry_after is not None and caught.value.retry_after >= 1
+        # On an idle machine the test model can finish even the 3,000-token holder before the
+        # client's request lands; then that request is rightly admitted. Hold the slot again
+        # and retry: what matters is how a 429 is mapped when one comes.
+        for _ in range(5):
+            async with raw.stream("POST", "/v1/completions", json=_long_request()) as holder:
+                assert holder.status_code == 200
+                lines = holder.aiter_lines()
+                while not (await anext(lines)).startswith("data: "):
+                    pass
+                try:
+                    await collect(client.stream(request))
+                except Overloaded as exc:
+                    caught = exc
+                    break
+    assert caught is not None, "never turned away while the only slot was held"
+    assert caught.retry_after is not None and caught.retry_after >= 1
 
 
 # --- the admission logic on its own (per-key limits, token bucket) ---------------------------
