@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tui.paths import paths
 
-__all__ = ["MODES", "Config", "ConfigError", "load_config", "save_config"]
+__all__ = ["MODES", "Config", "ConfigError", "load_config", "save_config", "with_overrides"]
 
 MODES = ("auto", "local-only", "cloud-preferred")
 
@@ -101,3 +101,15 @@ def save_config(config: Config, path: Path | None = None) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(data))
+
+
+def with_overrides(
+    config: Config, *, mode: str | None = None, max_tokens: int | None = None
+) -> Config:
+    """The config with one session's command-line overrides, checked like the file's values."""
+    changes: dict[str, Any] = {}
+    if mode:
+        changes["mode"] = mode
+    if max_tokens is not None:
+        changes["max_tokens"] = max_tokens
+    return replace(config, **changes)

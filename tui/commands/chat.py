@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from tui.config import MODES, ConfigError, load_config
+from tui.config import MODES, ConfigError, load_config, with_overrides
 from tui.paths import paths
 
 __all__ = ["build_parser", "main"]
@@ -54,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config()
-        if args.mode:
-            config.mode = args.mode
-        if args.max_tokens is not None:
-            if args.max_tokens < 1:
-                raise ConfigError("--max-tokens must be at least 1")
-            config.max_tokens = args.max_tokens
+        config = with_overrides(load_config(), mode=args.mode, max_tokens=args.max_tokens)
     except ConfigError as exc:
         print(f"tandem chat: {exc}", file=sys.stderr)
         return 2

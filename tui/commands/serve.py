@@ -10,7 +10,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from tui.config import MODES, ConfigError, load_config
+from tui.config import MODES, ConfigError, load_config, with_overrides
 
 if TYPE_CHECKING:
     from tui.compose import Composition
@@ -92,13 +92,7 @@ def main(argv: list[str]) -> int:
         print(problem, file=sys.stderr)
         return 2
     try:
-        config = load_config()
-        if args.mode:
-            config.mode = args.mode
-        if args.max_tokens is not None:
-            if args.max_tokens < 1:
-                raise ConfigError("--max-tokens must be at least 1")
-            config.max_tokens = args.max_tokens
+        config = with_overrides(load_config(), mode=args.mode, max_tokens=args.max_tokens)
     except ConfigError as exc:
         print(f"tandem serve: {exc}", file=sys.stderr)
         return 2
