@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input, ListView, Markdown, Static
+from textual.widgets import Input, ListView, Static
 
 from router.protocol import ChatRequest, Message, Sampling, collect
 from tests.tui_support import (
@@ -23,6 +23,7 @@ from tui.paths import paths
 from tui.screens.chat import WAITING
 from tui.screens.dialogs import RouteRecord, SearchDialog
 from tui.widgets.status import StatusBar
+from tui.widgets.streamed import StreamedMarkdown
 
 pytestmark = pytest.mark.mlx
 
@@ -49,7 +50,7 @@ async def test_a_typed_message_streams_an_answer_with_its_badge(tui_local_engine
         assert stored.route.reason  # the router's words, e.g. "no cloud configured → ..."
         assert stored.route.completion_tokens > 0
         view = answer_views(app)[-1]
-        assert view.query_one(Markdown).source == "The capital of France is Paris."
+        assert view.query_one(StreamedMarkdown).source == "The capital of France is Paris."
         badge = str(view.query_one(".badge", Static).render())
         assert badge.startswith("device")
         assert stored.route.reason in badge

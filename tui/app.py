@@ -32,6 +32,7 @@ from router.protocol import (
     Unavailable,
 )
 from tui.answering import with_route
+from tui.collector import freeze_long_lived
 from tui.compose import ComposeError, Composition, build_composition, router_settings
 from tui.config import Config, save_config
 from tui.screens.chat import ChatScreen
@@ -148,6 +149,7 @@ class TandemApp(App[None]):
             self.backend_built.set()
             self.backend_ready.set()
             self.refresh_status()
+            freeze_long_lived()  # the app, the model and its tokenizer: alive until exit
 
     def _tick_loading(self) -> None:
         if not self.backend_ready.is_set():

@@ -23,6 +23,7 @@ from textual.worker import Worker
 
 from router.protocol import Final, Route, TextDelta
 from tui.answering import PartialSaver, build_request, describe_error
+from tui.collector import defer_full_collections
 from tui.export import export_conversation
 from tui.paths import paths
 from tui.screens.dialogs import Confirm, RouteRecord, SearchDialog, TextPrompt
@@ -177,6 +178,7 @@ class ChatScreen(Screen[None]):
         final: Final | None = None
         status: MessageStatus = "complete"
         error = ""
+        resume_collections = defer_full_collections()
         try:
             if not app.backend_ready.is_set():
                 view.set_waiting(WAITING)
@@ -213,12 +215,16 @@ class ChatScreen(Screen[None]):
         except Exception as exc:  # every failure becomes one line; the history stays
             status, error = "error", describe_error(exc)
             app.note_failure(exc)
-        store.finish_message(stored.id, saver.text, status, final=final, error=error)
-        finished = store.message(stored.id)
-        if finished is not None:
-            await view.finish(finished)
-        self.query_one(Transcript).scroll_end(animate=False)
-        app.refresh_status()
+        try:
+            store.finish_message(stored.id, saver.text, status, final=final, error=error)
+            finished = store.message(stored.id)
+            if finished is not None:
+                await view.finish(finished)
+            self.query_one(Transcript).scroll_end(animate=False)
+            app.refresh_status()
+        finally:
+            # Once the last words are on screen, the collector may take its pause.
+            self.call_after_refresh(resume_collections)
 
     async def cancel_answer(self) -> None:
         """Stop the answer that is streaming, if any (its partial text is kept, marked)."""

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Label, Markdown, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Label, Static
 
 from tui.store import StoredMessage, StoredRoute
+from tui.widgets.streamed import StreamedMarkdown
 
 __all__ = ["MessageView", "Transcript", "badge_text", "side_name"]
 
@@ -49,12 +49,12 @@ class MessageView(Vertical):
     def __init__(self, message: StoredMessage) -> None:
         super().__init__(classes=f"message {message.role}")
         self.message = message
-        self._stream: MarkdownStream | None = None
+        self._streaming = False
 
     def compose(self) -> ComposeResult:
         yield Label("You" if self.message.role == "user" else "tandem", classes="role")
         if self.message.role == "assistant":
-            yield Markdown(self.message.content, classes="body")
+            yield StreamedMarkdown(self.message.content, classes="body")
         else:
             yield Static(self.message.content, classes="body", markup=False)
         yield Static("", classes="note", markup=False)
@@ -91,23 +91,20 @@ class MessageView(Vertical):
 
     async def append(self, text: str) -> None:
         """Add streamed text: appended to the Markdown, never re-parsed whole."""
-        if self._stream is None:
+        if not self._streaming:
             if str(self.query_one(".note", Static).render()).startswith("⏳"):
                 self.set_waiting("")
-            self._stream = Markdown.get_stream(self.query_one(Markdown))
+            self._streaming = True
         self.message.content += text
-        await self._stream.write(text)
+        await self.query_one(StreamedMarkdown).write(text)
 
     async def finish(self, message: StoredMessage) -> None:
         """The answer ended: flush the stream, make sure the whole text is rendered (no
         dropped last tokens), show the badge."""
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        self._streaming = False
         self.message = message
-        markdown = self.query_one(Markdown)
-        if markdown.source != message.content:
-            await markdown.update(message.content)
+        if message.role == "assistant":
+            await self.query_one(StreamedMarkdown).finish(message.content)
         self._show_meta()
 
     def on_click(self) -> None:
