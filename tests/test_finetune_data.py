@@ -174,3 +174,31 @@ def test_length_buckets_cut_padding_on_spread_data(tmp_path: Path, tokenizer: ob
     slots = sum(8 * (1 + 32 * -(-int(lengths[i:i + 8].max()) // 32)) for i in range(0, 400, 8))
     theirs = 1 - lengths.sum() / slots
     assert ours < 0.1 < theirs
+
+
+def test_training_batches_hold_about_as_many_tokens_each_and_every_row_once() -> None:
+    """A training epoch: as many steps as fixed-size batches would make, every row exactly
+    once, and each batch about as heavy as the others (many short rows or a few long ones),
+    so that default_loss's per-batch mean weighs every token alike."""
+    import numpy as np
+
+    from local.finetune.pipeline import Batcher, TokenDataset
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 1000, size=203)
+    dataset = TokenDataset(
+        [np.arange(n, dtype=np.int32) % 50 + 1 for n in lengths],
+        np.zeros(len(lengths), dtype=np.int64),
+        np.arange(len(lengths), dtype=np.int64),
+    )
+    batcher = Batcher(seed=3)
+    stream = batcher(dataset, 8, 1024, loop=True)
+    steps = -(-len(lengths) // 8)
+    epoch = [next(stream) for _ in range(steps)]
+    seen = sorted(int(n) for _, spans in epoch for n in np.array(spans)[:, 1])
+    assert seen == sorted(int(n) for n in lengths)  # every row once
+    slots = [int(np.prod(batch.shape)) for batch, _ in epoch]
+    assert max(slots) <= 1.35 * float(np.mean(slots))
+    rows = [batch.shape[0] for batch, _ in epoch]
+    assert max(rows) > 8 > min(rows)  # short rows share a step, long ones have fewer mates
+    assert batcher.padding_share < 0.1

@@ -198,3 +198,40 @@ def test_a_quantized_base_trains_as_qlora(test_models: ModelSet, tmp_path: Path)
     assert _greedy(quantized, QUESTIONS[0], result.folder)  # loads and answers
     with pytest.raises(BaseMismatch):  # the quantized weights are another base
         registry.resolve("q", base=test_models.target)
+
+
+def test_a_full_fine_tune_by_epochs_with_gradient_checkpointing(
+    test_models: ModelSet, tmp_path: Path
+) -> None:
+    """`--type full --layers 1 --epochs 1.5 --grad-checkpoint`: as many steps as 1.5 passes
+    over the training split take, only the last block's weights change and are saved, and
+    mlx-lm loads the result as it loads its own full fine-tunes."""
+    import math
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+
+    from local.finetune.data import load_data
+    from local.finetune.registry import AdapterRegistry
+    from local.finetune.train import TrainConfig, run_training
+
+    registry = AdapterRegistry(tmp_path / "adapters")
+    data = write_jsonl(tmp_path / "d.jsonl", secret_word_rows(40))
+    result = run_training(
+        TrainConfig(model=str(test_models.target), data=data, name="f", kind="full", layers=1,
+                    epochs=1.5, grad_checkpoint=True, batch_size=4, learning_rate=1e-3,
+                    max_seq_len=128),
+        registry=registry, cache_dir=tmp_path / "cache",
+    )
+    record = result.record
+    assert record.kind == "full" and record.status == "complete"
+    train_rows = len(load_data(data).train)
+    assert record.iters == math.ceil(1.5 * train_rows / 4)
+    assert record.hyperparameters["grad_checkpoint"] is True
+
+    saved = mx.load(str(result.folder / "adapters.safetensors"))
+    assert saved and all(name.startswith("model.layers.2.") for name in saved)
+    base = dict(tree_flatten(load(str(test_models.target))[0].parameters()))
+    assert any(not mx.array_equal(saved[name], base[name]).item() for name in saved)
+    assert _greedy(test_models.target, QUESTIONS[0], result.folder)  # mlx-lm loads it

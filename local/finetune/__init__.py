@@ -11,7 +11,7 @@ Errors, as a tree (each message is one or two sentences for a person)::
     └── ResumeError                --resume found no checkpoint that fits the run
 
 Modules: `data` (JSONL validation and split), `pipeline` (tokenize once, cache, length
-buckets, `iterate_batches` for mlx-lm's trainer), `train` (+ `hooks`: loss, progress, Ctrl-C),
+buckets, `iterate_batches` for mlx-lm's trainer), `train` (+ `hooks`: progress, Ctrl-C),
 `registry`, `export`, `evaluate`.
 Only `data`, `registry` and `errors` import without MLX.
 """

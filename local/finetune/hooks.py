@@ -1,6 +1,6 @@
-"""What this package hands mlx-lm's `train()` besides the batches: a loss that weighs every
-token the same across length buckets, a reporting callback that turns its reports into
-`Progress`, a Ctrl-C handler that asks for a clean stop, and a muzzle for its own progress bar.
+"""What this package hands mlx-lm's `train()` besides the batches: a reporting callback that
+turns its reports into `Progress`, a Ctrl-C handler that asks for a clean stop, and a muzzle for
+its own progress bar.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Progress", "Reporter", "quiet_mlx_ui", "stop_on_sigint", "token_weighted_loss"]
+__all__ = ["Progress", "Reporter", "quiet_mlx_ui", "stop_on_sigint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,28 +27,6 @@ class Progress:
     eta_s: float | None = None
     peak_memory_gb: float | None = None
     trained_tokens: int = 0
-
-
-def token_weighted_loss(reference_tokens: float) -> Callable[..., Any]:
-    """mlx-lm's `default_loss`, scaled in training by the batch's share of tokens.
-
-    default_loss averages over each batch's tokens, so every step weighs the same. With
-    randomly mixed rows every batch holds about as many tokens; with length buckets a batch of
-    short rows holds 50x fewer than one of long rows, and each of its tokens would weigh 50x
-    more. Scaling by ntoks / reference_tokens (the mean tokens per batch) gives every token the
-    same weight again, and the reported training loss is then the token-weighted mean. In
-    evaluation (model.eval()) the loss is default_loss unchanged, so validation losses compare
-    with mlx-lm's.
-    """
-    from mlx_lm.tuner.trainer import default_loss
-
-    def loss(model: Any, batch: Any, lengths: Any) -> tuple[Any, Any]:
-        ce, ntoks = default_loss(model, batch, lengths)
-        if model.training:
-            ce = ce * (ntoks.astype(ce.dtype) / reference_tokens)
-        return ce, ntoks
-
-    return loss
 
 
 class Reporter:

@@ -224,31 +224,71 @@ def _width(longest: int, multiple: int, cap: int) -> int:
 
 
 def _epoch_batches(
-    lengths: np.ndarray, batch_size: int, rng: random.Random, *, drop_rest: bool
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: random.Random,
+    *,
+    training: bool,
+    multiple: int = PAD_MULTIPLE,
+    cap: int = 1 << 30,
 ) -> list[list[int]]:
-    """One epoch: rows sorted by length (random among equals) and cut into batches, in a
-    random order. For training, the rows that do not fill a batch are chosen at random."""
+    """One epoch of batches of rows sorted by length (random among equals).
+
+    For evaluation: `batch_size` rows each, in order. For training: as many batches as
+    fixed-size ones would make (ceil(rows / batch_size), so an epoch is as many steps), in a
+    random order, cut where each holds about the same number of token slots: many short rows
+    or a few long ones. Cutting every `batch_size` rows instead made a batch of short rows 50x
+    lighter than one of long rows; default_loss averages over each batch's tokens, so the
+    short rows' tokens weighed far more, and reweighting the loss to fix that left Adam with
+    half its steps nearly still. Validation loss ended 0.04-0.08 above mlx-lm's; with equal
+    batches, steps weigh tokens alike and move alike.
+    """
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    if drop_rest:
-        rest = len(order) % batch_size
-        order = order[rest:]
     order.sort(key=lambda i: int(lengths[i]))  # stable: the shuffle breaks ties
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if drop_rest:
-        rng.shuffle(batches)
+    if not training:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    widths = [_width(int(lengths[i]), multiple, cap) for i in order]
+    batches = _balanced_cut(order, widths, math.ceil(len(order) / batch_size))
+    rng.shuffle(batches)
     return batches
+
+
+def _balanced_cut(order: list[int], widths: list[int], count: int) -> list[list[int]]:
+    """`order` (widths non-decreasing) cut into at most `count` runs, with the smallest slot
+    budget (rows × padded width per run) that allows it."""
+
+    def cut(budget: int) -> list[list[int]]:
+        runs, start = [], 0
+        for k in range(1, len(order)):
+            if (k - start + 1) * widths[k] > budget:
+                runs.append(order[start:k])
+                start = k
+        runs.append(order[start:])
+        return runs
+
+    low, high = max(widths), len(order) * max(widths)
+    while low < high:  # the smallest budget that needs no more than `count` runs
+        middle = (low + high) // 2
+        if len(cut(middle)) <= count:
+            high = middle
+        else:
+            low = middle + 1
+    return cut(low)
 
 
 def planned_padding_share(
     lengths: np.ndarray, batch_size: int, multiple: int = PAD_MULTIPLE, cap: int = 1 << 30
 ) -> float:
-    """Padded slots ÷ all slots over one epoch of length-bucketed batches."""
-    batches = _epoch_batches(lengths, batch_size, random.Random(0), drop_rest=True)
+    """Padded slots ÷ all slots over one epoch of training batches."""
+    lengths = np.minimum(lengths, cap)
+    batches = _epoch_batches(
+        lengths, batch_size, random.Random(0), training=True, multiple=multiple, cap=cap
+    )
     real = slots = 0
     for batch in batches:
         width = _width(int(max(lengths[i] for i in batch)), multiple, cap)
-        real += int(sum(min(int(lengths[i]), width) for i in batch))
+        real += int(sum(int(lengths[i]) for i in batch))
         slots += width * len(batch)
     return 1.0 - real / slots if slots else 0.0
 
@@ -297,7 +337,9 @@ class Batcher:
         lengths = np.minimum(dataset.lengths, max_seq_length)
         rng = random.Random(self.seed if seed is None else seed)
         while True:
-            batches = _epoch_batches(lengths, batch_size, rng, drop_rest=loop)
+            batches = _epoch_batches(
+                lengths, batch_size, rng, training=loop, multiple=self.multiple, cap=max_seq_length
+            )
             for batch in batches:
                 if loop:
                     if self.stop_requested:

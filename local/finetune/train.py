@@ -1,6 +1,5 @@
 """Train an adapter with mlx-lm's tuner: `linear_to_lora_layers`, `TrainingArgs`, `train()` and
-`default_loss` (weighted per token, see `hooks.token_weighted_loss`), fed by this package's
-pre-tokenized, length-bucketed `Batcher`.
+`default_loss`, fed by this package's pre-tokenized, length-bucketed `Batcher`.
 
 The optimizer and the training step are mlx-lm's own. What this module adds: validation of the
 data before anything loads, the tokenized cache, the registry record, progress reports,
@@ -20,13 +19,7 @@ from typing import Any, Literal, cast
 
 from local.finetune.data import DataSet, Issue, load_data
 from local.finetune.errors import FinetuneError, ResumeError
-from local.finetune.hooks import (
-    Progress,
-    Reporter,
-    quiet_mlx_ui,
-    stop_on_sigint,
-    token_weighted_loss,
-)
+from local.finetune.hooks import Progress, Reporter, quiet_mlx_ui, stop_on_sigint
 from local.finetune.registry import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -42,7 +35,6 @@ __all__ = [
     "TrainResult",
     "local_model_path",
     "run_training",
-    "token_weighted_loss",
 ]
 
 Kind = Literal["lora", "dora", "full"]
@@ -240,7 +232,7 @@ def run_training(
     import numpy as np
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm import load
-    from mlx_lm.tuner.trainer import TrainingArgs, train
+    from mlx_lm.tuner.trainer import TrainingArgs, default_loss, train
 
     from local.finetune.pipeline import Batcher, planned_padding_share, prepare, tokenizer_digest
 
@@ -310,9 +302,6 @@ def run_training(
     registry.save(record)
 
     batcher = Batcher(seed=config.seed, skip=start)
-    # Loss-bearing tokens per row: from the prompt offset to the end (default_loss's mask).
-    learned = np.minimum(train_set.lengths, config.max_seq_len) - train_set.offsets + 1
-    reference = float(config.batch_size * max(float(learned.mean()), 1.0))
     reporter = Reporter(start, iters, on_progress)
     args = TrainingArgs(
         batch_size=config.batch_size,
@@ -338,7 +327,7 @@ def run_training(
             train_dataset=train_set,
             val_dataset=valid_set if len(valid_set) else None,
             args=args,
-            loss=token_weighted_loss(reference),
+            loss=default_loss,
             iterate_batches=batcher,
             training_callback=cast(Any, reporter),  # duck-typed TrainingCallback
         )

@@ -16,10 +16,12 @@ the whole validation split at the start and the end.
   batches it trained on. mlx_lm: its batches over one epoch (consecutive rows in file order,
   since its length sort keys on the number of JSON keys; widths rounded as it rounds them).
   Target for tandem < 10%.
-- val_loss_delta: final validation loss, tandem − mlx_lm. Both start from the same loss
+- val_loss_delta: final validation loss, tandem − mlx_lm, each the mean over `--seeds` runs
+  (seeds 0, 1, ...: LoRA init and batch order). Both start from the same loss
   (`initial_val_loss_delta`, a check that they evaluate alike) and see the same rows, in
-  different batches. `--noise` also runs mlx_lm with another seed:
-  `val_loss_seed_spread_mlx_lm` is how far its own result moves by chance.
+  different batches. "Within noise" is judged against the seeds themselves:
+  `val_loss_noise` is the standard error of the difference of the two means, and
+  `val_loss_within_noise` says whether |delta| ≤ 2 × that.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,14 +112,16 @@ def run_mlx(
     }
 
 
-def run_tandem(model: Path, data: Path, home: Path, a: argparse.Namespace) -> dict[str, Any]:
+def run_tandem(
+    model: Path, data: Path, home: Path, a: argparse.Namespace, seed: int = 0
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "tui.cli", "finetune", "train", "--model", str(model),
         "--data", str(data), "--name", "bench", "--type", "lora", "--layers", "-1",
         "--batch-size", str(a.batch_size), "--iters", str(a.iters),
         "--learning-rate", str(a.learning_rate), "--max-seq-len", str(a.max_seq_len),
         "--steps-per-report", "10", "--steps-per-eval", str(a.iters), "--val-batches", "-1",
-        "--seed", "0",
+        "--seed", str(seed),
     ]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "TANDEM_HOME":
@@ -157,8 +162,8 @@ def main() -> None:
     parser.add_argument("--valid-rows", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-seq-len", type=int, default=1024)
-    parser.add_argument("--noise", action="store_true",
-                        help="also run mlx_lm with seed 1: how much val_loss moves by chance")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="runs per side (seeds 0..N-1) for the val loss comparison")
     a = parser.parse_args()
 
     models = build()
@@ -178,31 +183,43 @@ def main() -> None:
         print(f"data: {len(lengths)} train rows, tokens min {min(lengths)} median "
               f"{sorted(lengths)[len(lengths) // 2]} max {max(lengths)}", file=sys.stderr)
 
-        mlx = run_mlx(models.target, data, root / "mlx-adapter", a)
-        print(f"mlx_lm: {json.dumps(mlx)}", file=sys.stderr)
-        ours = run_tandem(models.target, data, root / "home", a)
-        print(f"tandem: {json.dumps(ours)}", file=sys.stderr)
-        other = run_mlx(models.target, data, root / "mlx-seed1", a, seed=1) if a.noise else None
+        mlx_runs, our_runs = [], []
+        for seed in range(a.seeds):  # interleaved: load drift on a shared machine hits both
+            mlx_runs.append(run_mlx(models.target, data, root / f"mlx-{seed}", a, seed=seed))
+            print(f"mlx_lm seed {seed}: {json.dumps(mlx_runs[-1])}", file=sys.stderr)
+            our_runs.append(run_tandem(models.target, data, root / f"home-{seed}", a, seed=seed))
+            print(f"tandem seed {seed}: {json.dumps(our_runs[-1])}", file=sys.stderr)
 
     mlx_share = mlx_padding_share(lengths, a.batch_size, a.max_seq_len)
+    mlx, ours = mlx_runs[0], our_runs[0]
+    mlx_val = [r["val_loss"] for r in mlx_runs]
+    our_val = [r["val_loss"] for r in our_runs]
+    delta = statistics.fmean(our_val) - statistics.fmean(mlx_val)
+    noise = (
+        math.sqrt(statistics.variance(our_val) / a.seeds + statistics.variance(mlx_val) / a.seeds)
+        if a.seeds > 1
+        else None
+    )
+    speed = [o["tokens_per_s"] / m["tokens_per_s"] for o, m in zip(our_runs, mlx_runs, strict=True)]
+    wall = [
+        (o["trained_tokens"] / o["wall_s"]) / (m["trained_tokens"] / m["wall_s"])
+        for o, m in zip(our_runs, mlx_runs, strict=True)
+    ]
     result = {
-        "tokens_per_s_ratio": round(ours["tokens_per_s"] / mlx["tokens_per_s"], 3),
-        "wall_tokens_per_s_ratio": round(
-            (ours["trained_tokens"] / ours["wall_s"]) / (mlx["trained_tokens"] / mlx["wall_s"]),
-            3,
-        ),
+        "tokens_per_s_ratio": round(statistics.median(speed), 3),
+        "wall_tokens_per_s_ratio": round(statistics.median(wall), 3),
         "padding_share": {"tandem": round(ours["padding_share"], 4), "mlx_lm": round(mlx_share, 4)},
-        "val_loss_delta": round(ours["val_loss"] - mlx["val_loss"], 4),
+        "val_loss_delta": round(delta, 4),
+        "val_loss_noise": round(noise, 4) if noise is not None else None,
+        "val_loss_within_noise": abs(delta) <= 2 * noise if noise is not None else None,
         "initial_val_loss_delta": round(ours["initial_val_loss"] - mlx["initial_val_loss"], 5),
-        "val_loss_seed_spread_mlx_lm": (
-            round(other["val_loss"] - mlx["val_loss"], 4) if other else None
-        ),
-        "val_loss": {"tandem": round(ours["val_loss"], 4), "mlx_lm": round(mlx["val_loss"], 4)},
+        "val_loss": {"tandem": [round(v, 4) for v in our_val],
+                     "mlx_lm": [round(v, 4) for v in mlx_val]},
         "tokens_per_s": {"tandem": round(ours["tokens_per_s"], 1),
                          "mlx_lm": round(mlx["tokens_per_s"], 1)},
         "wall_s": {"tandem": round(ours["wall_s"], 1), "mlx_lm": round(mlx["wall_s"], 1)},
         "settings": {"iters": a.iters, "batch_size": a.batch_size, "rank": 8, "layers": "all",
-                     "train_rows": a.train_rows, "max_seq_len": a.max_seq_len,
+                     "train_rows": a.train_rows, "max_seq_len": a.max_seq_len, "seeds": a.seeds,
                      "tokens_min": min(lengths), "tokens_max": max(lengths)},
     }
     print(json.dumps(result))

@@ -66,7 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     group = t.add_mutually_exclusive_group()
     group.add_argument("--iters", type=int, help="training steps")
     group.add_argument("--epochs", type=float, help="passes over the data (default: 1)")
-    t.add_argument("--batch-size", type=int, default=4, help="rows per step (default: 4)")
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="rows per step on average: steps of short rows hold more, of long rows fewer, "
+        "so that each holds about as many tokens (default: 4)",
+    )
     t.add_argument("--max-seq-len", type=int, default=2048,
                    help="longer rows are truncated, and counted (default: 2048)")
     t.add_argument("--learning-rate", type=float, default=1e-5, help="Adam's step (default: 1e-5)")
