@@ -24,6 +24,7 @@ from typing import Any
 
 from router.complexity import ComplexityScorer
 from router.health import CircuitBreaker
+from router.latency import FirstTokenTimes
 from router.policy import (
     Decision,
     RouterSettings,
@@ -102,6 +103,8 @@ class HybridBackend:
             "cloud": CircuitBreaker("the cloud", breaker, clock=clock),
         }
         self._local_inflight = 0
+        self.first_tokens = FirstTokenTimes(clock=clock)
+        """Recent time to first token per side, which the overflow rule weighs."""
 
     @property
     def settings(self) -> RouterSettings:
@@ -135,6 +138,8 @@ class HybridBackend:
             local_blocked="" if local_breaker.allows() else local_breaker.reason(),
             local=local_caps,
             local_inflight=self._local_inflight,
+            local_ttft_s=self.first_tokens.recent("local"),
+            cloud_ttft_s=self.first_tokens.recent("cloud"),
         )
         return self.policy.decide(inp), sent
 
@@ -171,6 +176,10 @@ class HybridBackend:
             breaker.begin()
             settled = False
             on_device = side == "local"
+            # What the overflow rule weighs: the cloud's first-token times, and the device's
+            # when it was already busy with another answer.
+            timed = not on_device or self._local_inflight > 0
+            attempt_started, attempt_answered = time.perf_counter(), False
             if on_device:
                 self._local_inflight += 1  # the overflow rule counts these
             try:
@@ -179,6 +188,11 @@ class HybridBackend:
                         if isinstance(event, TextDelta):
                             if first_token_at is None:
                                 first_token_at = time.perf_counter()
+                            if timed and not attempt_answered:
+                                self.first_tokens.record(
+                                    side, time.perf_counter() - attempt_started
+                                )
+                            attempt_answered = True
                             text.append(event.text)
                             yield event
                         elif isinstance(event, Final):

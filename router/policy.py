@@ -9,7 +9,9 @@ named in the record, with a sentence a person can read.
    - the device's circuit open → cloud
    - a per-message `/cloud`, a pin to the cloud, mode `cloud-preferred` → cloud
 2. Capacity: prompt + requested tokens above the device's context window → cloud; the device
-   loaded past its limits (answers in progress, queue depth, estimated wait) → cloud (overflow)
+   loaded past its limits (answers in progress, queue depth, estimated wait) → cloud (overflow),
+   unless the cloud has lately started answering later than the busy device (router.latency):
+   then the overflow is declined, and the complexity rule decides
 3. Complexity: the scorer's value above the threshold → cloud, otherwise → device
 
 A `/cloud` override or a pin is a wish, not a hard rule: privacy and availability come first.
@@ -104,6 +106,10 @@ class RoutingInput:
     """The device engine's capabilities and load."""
     local_inflight: int = 0
     """Answers the router itself has running on the device now."""
+    local_ttft_s: float | None = None
+    """The device's recent time to first token under load (router.latency), if known."""
+    cloud_ttft_s: float | None = None
+    """The cloud's recent time to first token, if known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +145,20 @@ def estimate_tokens(messages: Sequence[Message], extra: str, chars_per_token: fl
     template's few tokens per message."""
     chars = sum(len(m.content) for m in messages) + len(extra)
     return math.ceil(chars / chars_per_token) + 4 * len(messages) + 2
+
+
+def _slower_cloud(inp: RoutingInput, scores: dict[str, float]) -> str:
+    """Why overflowing would not answer sooner ("" when it would, or when nobody knows)."""
+    if inp.cloud_ttft_s is None or inp.local_ttft_s is None:
+        return ""
+    scores["cloud_ttft_s"] = round(inp.cloud_ttft_s, 3)
+    scores["local_ttft_s"] = round(inp.local_ttft_s, 3)
+    if inp.cloud_ttft_s <= inp.local_ttft_s:
+        return ""
+    return (
+        f"the cloud has lately been slower to start answering "
+        f"({inp.cloud_ttft_s:.2f} s against {inp.local_ttft_s:.2f} s here)"
+    )
 
 
 def _privacy_reason(findings: Sequence[Finding]) -> str:
@@ -221,7 +241,8 @@ class RoutingPolicy:
                     f"device's {caps.context_window:,} → {CLOUD}",
                 )
         overflow = self._overflow(inp, scores)
-        if overflow:
+        declined = _slower_cloud(inp, scores) if overflow else ""
+        if overflow and not declined:
             return cloud("overflow", f"{overflow} → {CLOUD}")
         # 4. complexity
         score = self.scorer.score(inp.messages)
@@ -232,6 +253,8 @@ class RoutingPolicy:
                 "complexity",
                 f"complexity {score:.2f} above threshold {s.complexity_threshold:.2f} → {CLOUD}",
             )
+        if declined:
+            return local("overflow", f"{overflow}, but {declined} → {DEVICE}")
         return local(
             "complexity",
             f"complexity {score:.2f} within threshold {s.complexity_threshold:.2f} → {DEVICE}",

@@ -162,6 +162,46 @@ def test_overflow_on_answers_in_progress_queue_depth_or_wait() -> None:
     )
 
 
+def test_overflow_is_declined_while_the_cloud_starts_answering_later_than_the_busy_device() -> (
+    None
+):
+    busy = {"local_inflight": 4}
+    slower = _input(**busy, cloud_ttft_s=0.8, local_ttft_s=0.1)
+    assert _decide(slower) == (
+        "local",
+        "overflow",
+        "this device is busy (4 answers in progress), but the cloud has lately been slower to "
+        "start answering (0.80 s against 0.10 s here) → on this device",
+    )
+    # A complex request still goes to the cloud: that rule is about the answer, not the wait.
+    assert _decide(replace(slower, messages=HARD), complexity_threshold=0.5)[:2] == (
+        "cloud",
+        "complexity",
+    )
+    faster = _input(**busy, cloud_ttft_s=0.2, local_ttft_s=1.5)
+    assert _decide(faster)[:2] == ("cloud", "overflow")
+    for unknown in ({"cloud_ttft_s": 0.8}, {"local_ttft_s": 0.1}, {}):
+        assert _decide(_input(**busy, **unknown))[:2] == ("cloud", "overflow")
+    # Not busy: the figures do not matter.
+    assert _decide(_input(cloud_ttft_s=0.01, local_ttft_s=5.0))[:2] == ("local", "complexity")
+
+
+def test_first_token_times_average_and_are_forgotten() -> None:
+    from router.latency import FirstTokenTimes
+
+    now = [0.0]
+    times = FirstTokenTimes(memory_s=60, weight=0.5, clock=lambda: now[0])
+    assert times.recent("cloud") is None
+    times.record("cloud", 1.0)
+    times.record("cloud", 0.2)
+    assert times.recent("cloud") == pytest.approx(0.6)
+    assert times.recent("local") is None
+    now[0] = 61.0
+    assert times.recent("cloud") is None  # a slow cloud gets tried again
+    times.record("cloud", 0.3)
+    assert times.recent("cloud") == pytest.approx(0.3)  # a fresh start, not averaged with 0.6
+
+
 def test_complexity_against_the_threshold() -> None:
     side, rule, reason = _decide(_input(HARD), complexity_threshold=0.5)
     assert (side, rule) == ("cloud", "complexity")

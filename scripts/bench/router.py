@@ -163,11 +163,13 @@ async def overflow_ratio(local: Any, cloud: Any, chats: int = 16) -> dict[str, A
     device_only = HybridBackend(local, cloud, RouterSettings(mode="local-only"))
     # Complexity off (threshold 1): only the overflow rule sends work to the cloud.
     hybrid = HybridBackend(local, cloud, RouterSettings(complexity_threshold=1.0))
-    await _ttfts(device_only, 2, 4)  # warm both paths
-    await _ttfts(hybrid, 2, 4)
+    # Warm both paths with a full burst: vLLM's first batches of a new size are slow, and the
+    # router learns each side's first-token times (router.latency) as a user's would.
+    await _ttfts(device_only, chats, 32)
+    await _ttfts(hybrid, chats, 32)
     device_p95, hybrid_p95 = [], []
     split: list[str] = []
-    for _ in range(2):  # alternate, so that load drift on a shared machine hits both alike
+    for _ in range(3):  # alternate, so that load drift on a shared machine hits both alike
         t, _ = await _ttfts(device_only, chats, 32)
         device_p95.append(_percentile(t, 0.95))
         t, backends = await _ttfts(hybrid, chats, 32)
