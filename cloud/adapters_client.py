@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from cloud.trust import UNTRUSTED_HINT, is_untrusted_certificate, ssl_context
 from router.protocol import BackendError, ModelError, Unauthorized, Unavailable
 
 __all__ = ["UploadedAdapter", "upload_adapter"]
@@ -34,10 +35,17 @@ def _message(response: httpx.Response) -> str:
 
 
 def upload_adapter(
-    base_url: str, api_key: str | None, name: str, peft_folder: Path, *, timeout_s: float = 120.0
+    base_url: str,
+    api_key: str | None,
+    name: str,
+    peft_folder: Path,
+    *,
+    timeout_s: float = 120.0,
+    ca_file: str | Path | None = None,
 ) -> UploadedAdapter:
     """Upload one PEFT adapter folder under `name`. Raises Unauthorized (key refused),
-    Unavailable (cannot reach the gateway) or ModelError (the gateway refused the adapter)."""
+    Unavailable (cannot reach the gateway or not trust its certificate) or ModelError (the
+    gateway refused the adapter); TrustError for an unusable `ca_file`."""
     folder = Path(peft_folder)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     files = {
@@ -53,8 +61,14 @@ def upload_adapter(
     url = base_url.rstrip("/") + "/v1/adapters"
     try:
         response = httpx.post(url, headers=headers, data={"name": name}, files=files,
-                              timeout=timeout_s)
+                              timeout=timeout_s, verify=ssl_context(ca_file))
     except httpx.HTTPError as exc:
+        if is_untrusted_certificate(exc):
+            raise Unavailable(
+                f"the cloud at {base_url} presented a certificate this computer does not "
+                f"trust; {UNTRUSTED_HINT}",
+                backend="cloud",
+            ) from exc
         raise Unavailable(f"could not reach the cloud at {base_url} ({exc})",
                           backend="cloud") from exc
     if response.status_code in (401, 403):

@@ -21,10 +21,12 @@ import json
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cloud.trust import UNTRUSTED_HINT, is_untrusted_certificate, ssl_context
 from router.protocol import (
     BackendError,
     Capabilities,
@@ -54,7 +56,9 @@ class CloudClient:
     """The cloud gateway as a Backend.
 
     `model` is the base model's name on the server; None: the first model the gateway lists
-    (learned by `health()` or the first request). Use `async with` or call `aclose()`.
+    (learned by `health()` or the first request). `ca_file`: a PEM CA to trust besides the
+    system's (a self-hosted gateway's own CA); raises cloud.trust.TrustError if unusable.
+    Use `async with` or call `aclose()`.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class CloudClient:
         connect_timeout_s: float = 3.0,
         first_token_timeout_s: float = 30.0,
         idle_timeout_s: float = 15.0,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -80,6 +85,7 @@ class CloudClient:
             base_url=self.base_url,
             headers=headers,
             timeout=timeout,
+            verify=ssl_context(ca_file),
             limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
         )
         self._context_window: int | None = None
@@ -332,6 +338,10 @@ def _error_message(content: bytes) -> str:
 def _transport_message(url: str, exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.ConnectTimeout):
         return f"cannot reach the cloud at {url}: the connection timed out"
+    if is_untrusted_certificate(exc):
+        return f"the cloud at {url} presented a certificate this computer does not trust; " + (
+            UNTRUSTED_HINT
+        )
     if isinstance(exc, httpx.ConnectError):
         return f"cannot reach the cloud at {url}: connection refused or no route"
     if isinstance(exc, httpx.TimeoutException):

@@ -1,4 +1,6 @@
-"""HTTPS: given a certificate and key, the gateway serves TLS (self-signed cert made here)."""
+"""HTTPS: given a certificate and key, the gateway serves TLS (self-signed cert made here), and
+the desktop's client trusts such a private CA when told to (`cloud_ca_file`), and says what to
+set when it is not."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cloud.client import CloudClient
+from cloud.trust import TrustError
+from router.protocol import ChatRequest, Message, Sampling, Unavailable, collect
 from scripts.testmodels import ModelSet
 from tests.cloud_servers import start_gateway
 from tests.servers import VLLMServer
@@ -74,3 +79,30 @@ def test_the_gateway_serves_https_with_a_given_certificate(
             httpx.get(f"http://127.0.0.1:{gateway.port}/health", timeout=5)
     finally:
         gateway.stop()
+
+
+@pytest.mark.vllm
+async def test_the_client_trusts_a_private_ca_only_when_given_its_certificate(
+    test_models: ModelSet, vllm_server: VLLMServer, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    gateway = start_gateway(
+        vllm_server, tmp_path / "gw", model_dir=test_models.target, tls=(cert, key)
+    )
+    request = ChatRequest(
+        (Message("user", "What sound does a dog make?"),), Sampling(max_tokens=8)
+    )
+    try:
+        async with CloudClient(gateway.url, gateway.api_key, ca_file=cert) as client:
+            text, final = await collect(client.stream(request))
+        assert text.startswith("A dog barks") and final.finish_reason in ("stop", "length")
+
+        async with CloudClient(gateway.url, gateway.api_key) as client:
+            with pytest.raises(Unavailable) as refused:
+                await collect(client.stream(request))
+        message = str(refused.value)
+        assert "does not trust" in message and "cloud_ca_file" in message
+    finally:
+        gateway.stop()
+    with pytest.raises(TrustError, match="does not exist"):
+        CloudClient("https://127.0.0.1:1", "k", ca_file=tmp_path / "missing.pem")

@@ -75,6 +75,21 @@ async def test_a_cloud_with_a_key_from_the_environment_gets_a_client(
     await comp.aclose()
 
 
+def test_an_unusable_cloud_ca_file_turns_the_cloud_off_with_a_note(
+    test_models: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(ENV_VAR, "tk-from-env")
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    for ca_file, says in ((tmp_path / "missing.pem", "does not exist"), (not_pem, "no usable")):
+        config = Config(cloud_url="https://llm.example.org", cloud_ca_file=str(ca_file))
+        comp = build_composition(config, model=str(test_models.target))
+        assert comp.cloud is None
+        assert any(says in note and "Settings" in note for note in comp.notes), comp.notes
+        assert isinstance(comp.backend, HybridBackend)
+        assert comp.backend.cloud_missing == "the cloud's CA file cannot be used"
+
+
 def test_an_invalid_privacy_pattern_is_a_clear_error(test_models: Any) -> None:
     with pytest.raises(ComposeError) as error:
         build_composition(Config(privacy_patterns=["(unclosed"]), model=str(test_models.target))

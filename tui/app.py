@@ -283,7 +283,10 @@ class TandemApp(App[None]):
                 self.config.cloud_url,
                 self.config.mode,
             )
-            cloud_changed = config.cloud_url != self.config.cloud_url
+            cloud_changed = (config.cloud_url, config.cloud_ca_file) != (
+                self.config.cloud_url,
+                self.config.cloud_ca_file,
+            )
             self.config = config
             self.notify("Settings saved.")
             comp = self.composition

@@ -111,8 +111,13 @@ def build_composition(
             notes.append(f"Cloud off: no API key (Settings, F3, or set {ENV_VAR}).")
         else:
             from cloud.client import CloudClient
+            from cloud.trust import TrustError
 
-            cloud = CloudClient(config.cloud_url, api_key)
+            try:
+                cloud = CloudClient(config.cloud_url, api_key, ca_file=config.cloud_ca_file or None)
+            except TrustError as exc:
+                cloud_missing = "the cloud's CA file cannot be used"
+                notes.append(f"Cloud off: {exc}; fix it in Settings (F3).")
     from router.hybrid import HybridBackend
 
     try:

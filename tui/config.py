@@ -35,6 +35,9 @@ class Config:
     """Routing mode: auto, local-only or cloud-preferred."""
     cloud_url: str = ""
     """The gateway's base URL, e.g. https://llm.example.org. Empty: no cloud."""
+    cloud_ca_file: str = ""
+    """PEM certificate of the CA that signed a self-hosted gateway's certificate, trusted
+    besides the system's CAs. Empty: the system's CAs only."""
     complexity_threshold: float = 0.6
     """Requests scoring above this go to the cloud (set by `tandem router calibrate`)."""
     privacy_terms: list[str] = field(default_factory=list)

@@ -109,12 +109,14 @@ def _show(registry: AdapterRegistry, name: str, as_json: bool) -> int:
 
 def _push(registry: AdapterRegistry, name: str, url: str | None, remote: str | None) -> int:
     from cloud.adapters_client import upload_adapter
+    from cloud.trust import TrustError
     from local.finetune.export import export_peft
     from router.protocol import BackendError
     from tui.config import load_config
     from tui.secrets import load_api_key
 
-    base_url = url or load_config().cloud_url
+    config = load_config()
+    base_url = url or config.cloud_url
     if not base_url:
         print("tandem adapters: no cloud configured; set cloud_url in the settings or pass --url",
               file=sys.stderr)
@@ -122,8 +124,11 @@ def _push(registry: AdapterRegistry, name: str, url: str | None, remote: str | N
     with tempfile.TemporaryDirectory(prefix="tandem-peft-") as tmp:
         export_peft(registry, name, Path(tmp))
         try:
-            uploaded = upload_adapter(base_url, load_api_key(), remote or name, Path(tmp))
-        except BackendError as exc:
+            uploaded = upload_adapter(
+                base_url, load_api_key(), remote or name, Path(tmp),
+                ca_file=config.cloud_ca_file or None,
+            )  # fmt: skip
+        except (BackendError, TrustError) as exc:
             print(f"tandem adapters: {exc}", file=sys.stderr)
             return 1
     print(f"pushed {name} to {base_url} as {uploaded.name!r} (rank {uploaded.rank}); cloud "

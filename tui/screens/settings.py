@@ -1,4 +1,5 @@
-"""Settings (F3): cloud URL, API key (OS keyring only), default model, mode, privacy terms."""
+"""Settings (F3): cloud URL and CA file, API key (OS keyring only), default model, mode,
+privacy terms."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ class SettingsScreen(ModalScreen[Config | None]):
             yield Label("Settings", classes="title")
             yield Label("Cloud URL (the gateway; empty: no cloud)")
             yield Input(c.cloud_url, placeholder="https://llm.example.org", id="cloud-url")
+            yield Label("Cloud CA certificate (PEM file; only for a gateway with its own CA)")
+            yield Input(c.cloud_ca_file, placeholder="/path/to/ca.pem", id="cloud-ca-file")
             yield Label("Cloud API key (stored in the OS keyring, never on disk by tandem)")
             yield Input("", password=True, placeholder="leave empty to keep", id="api-key")
             yield Static(keyring_status(), id="keyring-status", markup=False)
@@ -60,6 +63,7 @@ class SettingsScreen(ModalScreen[Config | None]):
             config = replace(
                 self._config,
                 cloud_url=self.query_one("#cloud-url", Input).value.strip(),
+                cloud_ca_file=self.query_one("#cloud-ca-file", Input).value.strip(),
                 model=self.query_one("#model", Input).value.strip(),
                 mode=str(mode),
                 privacy_terms=[
