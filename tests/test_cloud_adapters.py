@@ -138,6 +138,34 @@ def test_an_uploaded_adapter_changes_the_answer_and_stays_private(
     assert ask(gw, alice, "french-tuned").status_code == 404
 
 
+def test_a_revoked_key_takes_its_adapters_along_and_a_new_key_of_that_name_starts_empty(
+    cloud_gateway: GatewayServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tui.commands.cloud import main as cloud_main
+
+    gw = cloud_gateway
+    carol = gw.add_key("carol-adapters")
+    config, weights = make_adapter(seed=3)
+    assert upload(gw, carol, "mine", config, weights).status_code == 201
+    first = _text(ask(gw, carol, "mine"))
+
+    revoke = ["keys", "--keys-file", str(gw.keys_file), "revoke", "carol-adapters"]
+    assert cloud_main([*revoke, "--adapters-dir", str(gw.adapters_dir)]) == 0
+    assert "1 adapter(s) uploaded with it deleted" in capsys.readouterr().err
+    assert ask(gw, carol, "mine").status_code == 401
+
+    # The same name issued again (to whoever): none of the old key's adapters.
+    again = gw.add_key("carol-adapters")
+    listed = httpx.get(f"{gw.url}/v1/adapters", headers={"Authorization": f"Bearer {again}"})
+    assert listed.json() == {"data": []}
+    assert ask(gw, again, "mine").status_code == 404
+    # Its own upload under the same adapter name is its own weights, not the copy vLLM may
+    # still hold for the revoked key.
+    config, weights = make_adapter(seed=4)
+    assert upload(gw, again, "mine", config, weights).status_code == 201
+    assert _text(ask(gw, again, "mine")) != first
+
+
 @pytest.mark.parametrize(
     ("change", "status", "message"),
     [

@@ -201,7 +201,7 @@ class Gateway:
                     "max_model_len": window,
                     "rank": a.rank,
                 }
-                for a in self.adapters.owned(key.name)
+                for a in self.adapters.owned(key.owner)
             ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -242,7 +242,7 @@ class Gateway:
         record.model = self.config.served_model
         adapter: StoredAdapter | None = None
         if model != self.config.served_model:
-            adapter = self.adapters.get(key.name, model) if self.adapters else None
+            adapter = self.adapters.get(key.owner, model) if self.adapters else None
             if adapter is None:
                 # The same answer whether the adapter does not exist or is someone else's.
                 return fail(404, f"the model {model!r} does not exist", "model_not_found")
@@ -324,14 +324,14 @@ class Gateway:
             self.adapters.check_name(name)
             if name == self.config.served_model:
                 raise AdapterError("an adapter cannot take the base model's name")
-            old = self.adapters.get(key.name, name)
+            old = self.adapters.get(key.owner, name)
             if old is not None:
                 await self._unload(old)
-            adapter = self.adapters.save(key.name, name, config_bytes, weights)
+            adapter = self.adapters.save(key.owner, name, config_bytes, weights)
             try:
                 await self._ensure_loaded(adapter)
             except (AdapterError, httpx.HTTPError):
-                self.adapters.delete(key.name, name)
+                self.adapters.delete(key.owner, name)
                 raise
         except AdapterError as exc:
             return error_response(exc.status, str(exc), "invalid_adapter")
@@ -348,7 +348,7 @@ class Gateway:
         key = self._authenticate(request)
         if key is None:
             return self._unauthorized(uuid.uuid4().hex)
-        found = self.adapters.owned(key.name) if self.adapters else []
+        found = self.adapters.owned(key.owner) if self.adapters else []
         return JSONResponse({"data": [{"name": a.name, "rank": a.rank} for a in found]})
 
     async def delete_adapter(self, request: Request) -> Response:
@@ -356,11 +356,11 @@ class Gateway:
         if key is None:
             return self._unauthorized(uuid.uuid4().hex)
         name = request.path_params["name"]
-        adapter = self.adapters.get(key.name, name) if self.adapters else None
+        adapter = self.adapters.get(key.owner, name) if self.adapters else None
         if adapter is None or self.adapters is None:
             return error_response(404, f"no adapter named {name!r}", "not_found")
         await self._unload(adapter)
-        self.adapters.delete(key.name, name)
+        self.adapters.delete(key.owner, name)
         log.info("adapter deleted key=%s adapter=%s", key.name, name)
         return Response(status_code=204)
 

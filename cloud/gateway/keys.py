@@ -41,6 +41,12 @@ class KeyRecord:
     admin: bool = False
     created: float = 0.0
 
+    @property
+    def owner(self) -> str:
+        """Whom this key's uploads belong to: this key, not its name. A key revoked and
+        issued again under the same name (to someone else, perhaps) starts with nothing."""
+        return f"{self.name}.{self.salt[:12]}"
+
 
 def _hash(salt: str, key: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + key.encode()).hexdigest()
@@ -98,12 +104,14 @@ class KeyStore:
         self._write(records)
         return key
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str) -> KeyRecord:
+        """Delete the key named `name`; returns its record (to find what it owned)."""
         records = self.records()
-        kept = [r for r in records if r.name != name]
-        if len(kept) == len(records):
+        gone = [r for r in records if r.name == name]
+        if not gone:
             raise KeyStoreError(f"no key named {name!r}")
-        self._write(kept)
+        self._write([r for r in records if r.name != name])
+        return gone[0]
 
     def _write(self, records: list[KeyRecord]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

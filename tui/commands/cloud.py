@@ -3,7 +3,7 @@
     tandem cloud serve --model M [--profile h100|cpu|FILE] [options]
     tandem cloud keys add NAME [--admin]
     tandem cloud keys list
-    tandem cloud keys revoke NAME
+    tandem cloud keys revoke NAME [--keep-adapters] [--adapters-dir DIR]
 
 A server-side command: it imports neither Textual nor MLX.
 """
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from cloud.gateway.app import GatewayConfig
+    from cloud.gateway.keys import KeyRecord
     from cloud.launch import VllmCommand, VllmProcess
 
 __all__ = ["main"]
@@ -46,6 +47,12 @@ def _default_keys_file() -> Path:
     from tui.paths import paths
 
     return paths().cloud_dir / "keys.json"
+
+
+def _default_adapters_dir() -> Path:
+    from tui.paths import paths
+
+    return paths().cloud_dir / "adapters"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,8 +176,23 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="who the key is for (letters, digits, '.', '_', '-')")
     add.add_argument("--admin", action="store_true", help="may read /metrics")
     keys_sub.add_parser("list", help="list key names (never the keys)")
-    revoke = keys_sub.add_parser("revoke", help="delete a key; it stops working at once")
+    revoke = keys_sub.add_parser(
+        "revoke",
+        help="delete a key; it stops working at once, and the adapters uploaded with it are "
+        "deleted (a key issued again under the same name starts with none)",
+    )
     revoke.add_argument("name")
+    revoke.add_argument(
+        "--keep-adapters",
+        action="store_true",
+        help="leave its adapters on disk (no key can reach them any more)",
+    )
+    revoke.add_argument(
+        "--adapters-dir",
+        type=Path,
+        default=None,
+        help="where the gateway keeps users' adapters (default: as `serve`)",
+    )
     return parser
 
 
@@ -197,12 +219,31 @@ def _keys(args: argparse.Namespace) -> int:
                 made = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created))
                 print(f"{record.name}\t{'admin' if record.admin else 'user'}\t{made}")
         else:
-            store.revoke(args.name)
+            record = store.revoke(args.name)
             print(f"key {args.name!r} revoked", file=sys.stderr)
+            _forget_adapters(record, args.adapters_dir, keep=args.keep_adapters)
     except KeyStoreError as exc:
         print(f"tandem cloud keys: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _forget_adapters(record: KeyRecord, adapters_dir: Path | None, *, keep: bool) -> None:
+    """Delete (or, with `keep`, only count) the adapters a revoked key uploaded. A running
+    gateway may still hold them in vLLM's memory, out of anyone's reach, until it restarts."""
+    import shutil
+
+    from cloud.gateway.adapters import owner_id
+
+    folder = (adapters_dir or _default_adapters_dir()) / owner_id(record.owner)
+    count = sum(1 for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else 0
+    if not count:
+        return
+    if keep:
+        print(f"{count} adapter(s) uploaded with it kept in {folder}", file=sys.stderr)
+        return
+    shutil.rmtree(folder)
+    print(f"{count} adapter(s) uploaded with it deleted", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -215,7 +256,6 @@ def _serve(args: argparse.Namespace) -> int:
         build_vllm_command,
         load_profile,
     )
-    from tui.paths import paths
 
     def fail(message: str) -> int:
         print(f"tandem cloud serve: {message}", file=sys.stderr)
@@ -262,7 +302,7 @@ def _serve(args: argparse.Namespace) -> int:
         upstream_url=(args.upstream or command.url).rstrip("/"),
         served_model=command.served_model,
         keys_file=keys_file,
-        adapters_dir=args.adapters_dir or paths().cloud_dir / "adapters",
+        adapters_dir=args.adapters_dir or _default_adapters_dir(),
         base_model_dir=_base_model_dir(args.model),
         lora_enabled=command.lora_enabled,
         max_lora_rank=command.max_lora_rank,
