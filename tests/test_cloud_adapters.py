@@ -208,3 +208,20 @@ def test_an_oversize_upload_is_refused(cloud_gateway: GatewayServer) -> None:
 def test_uploads_need_a_key(cloud_gateway: GatewayServer, tmp_path: Path) -> None:
     config, weights = make_adapter()
     assert upload(cloud_gateway, "tdm_wrong", "x", config, weights).status_code == 401
+
+
+def test_more_adapters_than_vllm_holds_at_once_all_keep_answering(
+    cloud_gateway: GatewayServer,
+) -> None:
+    """The cpu profile lets vLLM hold 4 adapters at once (`max-loras`); six uploaded adapters
+    all answer, each the same as right after its upload (vLLM swaps them in and out)."""
+    gw = cloud_gateway
+    key = gw.add_key("many-adapters")
+    first: dict[str, str] = {}
+    for i in range(6):
+        config, weights = make_adapter(seed=10 + i)
+        assert upload(gw, key, f"a{i}", config, weights).status_code == 201
+        first[f"a{i}"] = _text(ask(gw, key, f"a{i}"))
+    assert len(set(first.values())) > 1  # they are different adapters
+    for name, answer in first.items():
+        assert _text(ask(gw, key, name)) == answer, name
