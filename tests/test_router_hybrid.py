@@ -258,37 +258,47 @@ async def test_killing_vllm_mid_answer_gives_one_complete_answer(
     tui_local_engine: Any, test_models: ModelSet, tmp_path: Path
 ) -> None:
     """The cloud streams the first part, vLLM is SIGKILLed, the device continues: the whole
-    answer equals the device's own greedy answer (nothing lost, nothing repeated)."""
+    answer equals the device's own greedy answer (nothing lost, nothing repeated).
+
+    vLLM can be ahead of what the client has read (the answer is ~100 tokens; the rest may
+    already sit in the gateway's and the sockets' buffers when the kill lands), and then the
+    answer arrives whole from the cloud: vLLM did not die mid-answer. That attempt proves
+    nothing and is made again with a fresh cloud, up to three times."""
     from cloud.client import CloudClient
     from tests.cloud_servers import start_private_cloud
 
     reference, _ = await collect(tui_local_engine.stream(_request(RIVER, 200)))
-    private = start_private_cloud(test_models.target, tmp_path / "cloud")
-    busy = asyncio.create_task(_keep_busy(private.vllm.url, 6))
-    try:
-        await asyncio.sleep(1.0)  # the long generations are running
-        async with CloudClient(private.url, private.api_key) as client:
-            hybrid = HybridBackend(tui_local_engine, client)
-            cloud_part: list[str] = []
-            device_part: list[str] = []
-            routes: list[Any] = []
-            final = None
-            async for event in hybrid.stream(
-                _request(RIVER, 200), pin="cloud", on_route=routes.append
-            ):
-                if isinstance(event, Final):
-                    final = event
-                    break
-                (device_part if len(routes) > 1 else cloud_part).append(event.text)
-                if len(cloud_part) == 2 and len(routes) == 1:
-                    private.kill_vllm()
-    finally:
-        private.stop()
-        busy.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await busy
-    assert final is not None and final.route is not None
-    assert final.route.backend == "local"
-    assert final.route.failover == "continued on this device: cloud connection lost"
-    assert cloud_part and device_part
-    assert "".join(cloud_part) + "".join(device_part) == reference
+    for attempt in range(3):
+        private = start_private_cloud(test_models.target, tmp_path / f"cloud{attempt}")
+        busy = asyncio.create_task(_keep_busy(private.vllm.url, 6))
+        try:
+            await asyncio.sleep(1.0)  # the long generations are running
+            async with CloudClient(private.url, private.api_key) as client:
+                hybrid = HybridBackend(tui_local_engine, client)
+                cloud_part: list[str] = []
+                device_part: list[str] = []
+                routes: list[Any] = []
+                final = None
+                async for event in hybrid.stream(
+                    _request(RIVER, 200), pin="cloud", on_route=routes.append
+                ):
+                    if isinstance(event, Final):
+                        final = event
+                        break
+                    (device_part if len(routes) > 1 else cloud_part).append(event.text)
+                    if len(cloud_part) == 1 and len(routes) == 1:
+                        private.kill_vllm()
+        finally:
+            private.stop()
+            busy.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await busy
+        assert final is not None and final.route is not None
+        if final.route.backend == "cloud" and final.route.failover is None:
+            continue  # the whole answer was out before vLLM died: not the case under test
+        assert final.route.backend == "local"
+        assert final.route.failover == "continued on this device: cloud connection lost"
+        assert cloud_part and device_part
+        assert "".join(cloud_part) + "".join(device_part) == reference
+        return
+    pytest.fail("in three attempts the cloud's answer was complete before vLLM could be killed")
