@@ -251,7 +251,8 @@ class Lane:
         self._close_single(keep_cache=True)
         single.seq.finish(reason, _peak_memory())
 
-    def _close_single(self, *, keep_cache: bool) -> None:
+    def _release_single(self) -> _Single:
+        """Stop the single stream's generator (its cache settled) and hand the stream back."""
         single = self.single
         assert single is not None
         self.single = None
@@ -259,6 +260,10 @@ class Lane:
         close = getattr(single.tokens, "close", None)
         if close is not None:
             close()  # runs the speculative generator's cache rewind
+        return single
+
+    def _close_single(self, *, keep_cache: bool) -> None:
+        single = self._release_single()
         if keep_cache:
             self._keep(single.seq, single.cache, single.draft_cache, single.seq.fed_tokens())
 
@@ -295,13 +300,7 @@ class Lane:
 
     def _single_to_batch(self) -> None:
         """Hand the running single stream over to the batch, cache and all."""
-        single = self.single
-        assert single is not None
-        self.single = None
-        single.settle()
-        close = getattr(single.tokens, "close", None)
-        if close is not None:
-            close()
+        single = self._release_single()
         seq = single.seq
         tokens = seq.fed_tokens()
         keep = align_cache(single.cache, tokens)

@@ -245,3 +245,24 @@ def start_private_cloud(
         vllm.stop()
         raise
     return PrivateCloud(vllm, gateway)
+
+
+async def keep_busy(url: str, n: int, *, max_tokens: int = 2000) -> None:
+    """`n` long generations straight to vLLM at `url`, until cancelled or done: alone, the tiny
+    model finishes an answer before a test can cut it mid-way (kill vLLM, drop the gateway)."""
+    import asyncio
+
+    body = {
+        "model": "target",
+        "messages": [{"role": "user", "content": "Tell me a very long story. " * 20}],
+        "max_tokens": max_tokens,
+        "temperature": 1.0,
+        "seed": 1,
+    }
+    async with httpx.AsyncClient(timeout=None) as client:
+
+        async def one() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(f"{url}/v1/chat/completions", json=body)
+
+        await asyncio.gather(*(one() for _ in range(n)))

@@ -233,27 +233,6 @@ async def test_a_429_from_the_gateway_sends_requests_to_the_device_until_retry_a
         gateway.stop()
 
 
-async def _keep_busy(url: str, n: int) -> None:
-    """Long generations straight to vLLM, so that the answer under test is still being
-    generated when vLLM is killed (alone, the tiny model finishes it in a blink)."""
-    import httpx
-
-    body = {
-        "model": "target",
-        "messages": [{"role": "user", "content": "Tell me a very long story. " * 20}],
-        "max_tokens": 2000,
-        "temperature": 1.0,
-        "seed": 1,
-    }
-    async with httpx.AsyncClient(timeout=None) as client:
-
-        async def one() -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                await client.post(f"{url}/v1/chat/completions", json=body)
-
-        await asyncio.gather(*(one() for _ in range(n)))
-
-
 async def test_killing_vllm_mid_answer_gives_one_complete_answer(
     tui_local_engine: Any, test_models: ModelSet, tmp_path: Path
 ) -> None:
@@ -265,12 +244,12 @@ async def test_killing_vllm_mid_answer_gives_one_complete_answer(
     answer arrives whole from the cloud: vLLM did not die mid-answer. That attempt proves
     nothing and is made again with a fresh cloud, up to three times."""
     from cloud.client import CloudClient
-    from tests.cloud_servers import start_private_cloud
+    from tests.cloud_servers import keep_busy, start_private_cloud
 
     reference, _ = await collect(tui_local_engine.stream(_request(RIVER, 200)))
     for attempt in range(3):
         private = start_private_cloud(test_models.target, tmp_path / f"cloud{attempt}")
-        busy = asyncio.create_task(_keep_busy(private.vllm.url, 6))
+        busy = asyncio.create_task(keep_busy(private.vllm.url, 6))
         try:
             await asyncio.sleep(1.0)  # the long generations are running
             async with CloudClient(private.url, private.api_key) as client:

@@ -48,6 +48,7 @@ class Conversation:
 
 
 @dataclass(slots=True)
+
 class StoredRoute:
     """Where an answer ran, why, and what it cost (from the stream's Final record)."""
 
@@ -104,6 +105,16 @@ class StoredMessage:
 
 
 # --- the store ------------------------------------------------------------------------------
+
+
+_MESSAGES_WITH_ROUTES = (
+    "SELECT m.*, r.backend AS r_backend, r.model AS r_model, r.adapter AS r_adapter,"
+    " r.finish_reason, r.rule, r.reason, r.failover, r.scores, r.prompt_tokens,"
+    " r.completion_tokens, r.ttft_s, r.decode_tokens_per_s, r.cached_prompt_tokens,"
+    " r.draft_tokens_accepted, r.peak_memory_bytes"
+    " FROM messages m LEFT JOIN routes r ON r.message_id = m.id"
+)
+"""Messages with their answer's route record (NULLs for a question or an unfinished answer)."""
 
 
 class Store:
@@ -301,23 +312,14 @@ class Store:
 
     def messages(self, conversation_id: str) -> list[StoredMessage]:
         rows = self._db.execute(
-            "SELECT m.*, r.backend AS r_backend, r.model AS r_model, r.adapter AS r_adapter,"
-            " r.finish_reason, r.rule, r.reason, r.failover, r.scores, r.prompt_tokens,"
-            " r.completion_tokens, r.ttft_s, r.decode_tokens_per_s, r.cached_prompt_tokens,"
-            " r.draft_tokens_accepted, r.peak_memory_bytes"
-            " FROM messages m LEFT JOIN routes r ON r.message_id = m.id"
-            " WHERE m.conversation_id = ? ORDER BY m.id",
+            _MESSAGES_WITH_ROUTES + " WHERE m.conversation_id = ? ORDER BY m.id",
             (conversation_id,),
         )
         return [self._message(r) for r in rows]
 
     def message(self, message_id: int) -> StoredMessage | None:
-        row = self._db.execute(
-            "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        return next(m for m in self.messages(row["conversation_id"]) if m.id == message_id)
+        row = self._db.execute(_MESSAGES_WITH_ROUTES + " WHERE m.id = ?", (message_id,)).fetchone()
+        return None if row is None else self._message(row)
 
     @staticmethod
     def _message(row: sqlite3.Row) -> StoredMessage:

@@ -192,36 +192,15 @@ async def overflow_ratio(local: Any, cloud: Any, chats: int = 16) -> dict[str, A
     }
 
 
-async def _keep_busy(url: str, n: int) -> None:
-    """Long generations straight to vLLM: alone, the tiny model finishes an answer before the
-    connection can be cut mid-way."""
-    import httpx
-
-    body = {
-        "model": "target",
-        "messages": [{"role": "user", "content": "Tell me a very long story. " * 20}],
-        "max_tokens": 4000,
-        "temperature": 1.0,
-        "seed": 1,
-    }
-    async with httpx.AsyncClient(timeout=None) as client:
-
-        async def one() -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                await client.post(f"{url}/v1/chat/completions", json=body)
-
-        await asyncio.gather(*(one() for _ in range(n)))
-
-
 async def failover_gap(local: Any, vllm: Any, models: Any, folder: Path, samples: int = 3) -> float:
     """Kill the gateway (the cloud connection dies) after the second cloud token; the gap is
     from the kill to the first token the device streams (tokens the cloud had already sent
     and that were still in flight do not count)."""
     from cloud.client import CloudClient
-    from tests.cloud_servers import start_gateway
+    from tests.cloud_servers import keep_busy, start_gateway
 
     gaps: list[float] = []
-    busy = asyncio.create_task(_keep_busy(vllm.url, 6))
+    busy = asyncio.create_task(keep_busy(vllm.url, 6, max_tokens=4000))
     await asyncio.sleep(1.0)
     try:
         for i in range(samples):
