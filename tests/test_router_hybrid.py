@@ -185,6 +185,10 @@ async def test_requests_beyond_the_device_limit_overflow_to_the_real_cloud(
     busy = [hybrid.stream(_request(FRANCE)) for _ in range(2)]
     for s in busy:
         await anext(s)
+    # Read again: the busy answers just added samples of their own.
+    cloud_ttft = hybrid.first_tokens.recent("cloud")
+    local_ttft = hybrid.first_tokens.recent("local")
+    assert cloud_ttft is not None and local_ttft is not None
     decision, _ = hybrid.prepare(_request(FRANCE))
     for s in busy:
         await s.aclose()
