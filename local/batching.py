@@ -168,7 +168,7 @@ class Lane:
             return
         if self.single is None and not self.by_uid:
             if len(self.waiting) == 1 or self.max_batch == 1:
-                self._start_single(self.waiting.popleft())
+                self._start_one(self._start_single, self.waiting.popleft())
                 return
         elif self.single is not None:
             if self.max_batch == 1:
@@ -176,8 +176,18 @@ class Lane:
             self._single_to_batch()
         room = self.max_batch - len(self.by_uid)
         while room > 0 and self.waiting:
-            self._insert(self.waiting.popleft())
+            self._start_one(self._insert, self.waiting.popleft())
             room -= 1
+
+    @staticmethod
+    def _start_one(start: Callable[[Sequence], None], seq: Sequence) -> None:
+        """Start one sequence; if its own set-up fails (its sampler, its prompt), fail it alone.
+        Raising here would fail the whole lane, and this sequence, already out of `waiting`
+        and not yet running, would be in no list: its caller would wait forever."""
+        try:
+            start(seq)
+        except Exception as exc:
+            seq.fail(model_error(exc))
 
     # --- the single stream ----------------------------------------------------------------
 

@@ -14,15 +14,16 @@ with a status a client can act on (429 + Retry-After, 503, 400).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
-from router.hybrid import HybridBackend
 from router.policy import Side
 from router.protocol import (
+    Backend,
     BackendError,
     ChatRequest,
     ContextTooLong,
@@ -31,11 +32,14 @@ from router.protocol import (
     ModelError,
     Overloaded,
     Route,
+    Routed,
     Sampling,
     StreamEvent,
     TextDelta,
     Unauthorized,
 )
+from router.serve_checks import FieldError, check_chat_body, parse_json
+from router.serve_guard import GuardConfig, guard
 
 __all__ = ["MODEL_IDS", "BadRequest", "create_app", "parse_chat_request", "route_json"]
 
@@ -74,11 +78,14 @@ def _content(value: Any) -> str:
 
 def parse_chat_request(
     body: Any, *, default_max_tokens: int = 512, pin_header: str | None = None
-) -> tuple[ChatRequest, Side | None, bool, bool]:
-    """An OpenAI chat-completions body → (request, pin, stream?, include usage chunk?).
-    A trailing assistant message is continued (prefill), as vLLM does."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+) -> tuple[ChatRequest, bool, bool]:
+    """An OpenAI chat-completions body → (request, stream?, include usage chunk?). The pin
+    (from the model id or the pin header) is in `request.pin`. A trailing assistant message is
+    continued (prefill), as vLLM does."""
+    try:
+        check_chat_body(body)  # every field's type, range and size; unknown fields refused
+    except FieldError as exc:
+        raise BadRequest(str(exc)) from exc
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise BadRequest("'messages' must be a non-empty list")
@@ -116,13 +123,15 @@ def parse_chat_request(
     pin = MODEL_IDS.get(model)
     if pin_header in ("local", "cloud"):
         pin = pin_header  # type: ignore[assignment]
+    request = replace(request, pin=pin)
     options = body.get("stream_options") or {}
-    return request, pin, bool(body.get("stream")), bool(options.get("include_usage"))
+    return request, bool(body.get("stream")), bool(options.get("include_usage"))
 
 
 def _error_status(exc: BackendError) -> tuple[int, str, dict[str, str]]:
     if isinstance(exc, Overloaded):
-        headers = {"retry-after": str(int(exc.retry_after or 1))}
+        # Whole seconds, rounded up: "0" would invite an immediate retry.
+        headers = {"retry-after": str(max(1, math.ceil(exc.retry_after or 1)))}
         return 429, "rate_limit_exceeded", headers
     if isinstance(exc, ContextTooLong):
         return 400, "context_length_exceeded", {}
@@ -142,14 +151,16 @@ def _finish(reason: str) -> str:
 
 
 def create_app(
-    backend: HybridBackend,
+    backend: Backend,
     *,
     default_max_tokens: int = 512,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    guard_config: GuardConfig | None = None,
 ) -> Any:
-    """The Starlette app serving `backend`. `on_startup` runs before the first request is
-    accepted (e.g. loading the local model), `on_shutdown` when the server stops."""
+    """The ASGI app serving `backend`, behind `router.serve_guard` (loopback Host, no foreign
+    Origin, JSON bodies only, size cap, optional key). `on_startup` runs before the first
+    request is accepted (e.g. loading the local model), `on_shutdown` when the server stops."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -168,11 +179,11 @@ def create_app(
 
     async def completions(request: Request) -> Response:
         try:
-            body = await request.json()
-        except ValueError:
-            return error(400, "the body is not valid JSON", "invalid_request_error")
+            body = parse_json(await request.body())  # strict: no NaN, no lone surrogates
+        except FieldError as exc:
+            return error(400, str(exc), "invalid_request_error")
         try:
-            chat, pin, stream, include_usage = parse_chat_request(
+            chat, stream, include_usage = parse_chat_request(
                 body,
                 default_max_tokens=default_max_tokens,
                 pin_header=request.headers.get(PIN_HEADER),
@@ -181,7 +192,7 @@ def create_app(
             return error(400, str(exc), "invalid_request_error")
         model = str(body.get("model") or "tandem")
         routes: list[Route] = []
-        events = backend.stream(chat, pin=pin, on_route=routes.append)
+        events = backend.stream(chat)  # the pin travels in the request
         created = int(time.time())
         ident = f"chatcmpl-{chat.request_id}"
         if not stream:
@@ -190,6 +201,9 @@ def create_app(
         # proper HTTP status, and the header can carry the route actually taken.
         try:
             first = await anext(events)
+            while isinstance(first, Routed):  # the router says where before the first token
+                routes.append(first.route)
+                first = await anext(events)
         except BackendError as exc:
             status, kind, headers = _error_status(exc)
             return error(status, str(exc), kind, headers)
@@ -217,7 +231,9 @@ def create_app(
                 async for event in events:
                     if isinstance(event, TextDelta):
                         parts.append(event.text)
-                    else:
+                    elif isinstance(event, Routed):
+                        routes.append(event.route)
+                    elif isinstance(event, Final):
                         final = event
         except BackendError as exc:
             status, kind, headers = _error_status(exc)
@@ -259,7 +275,7 @@ def create_app(
             if on_shutdown is not None:
                 await on_shutdown()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             HttpRoute("/v1/chat/completions", completions, methods=["POST"]),
             HttpRoute("/v1/models", models, methods=["GET"]),
@@ -267,6 +283,7 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    return guard(app, guard_config or GuardConfig())
 
 
 async def _sse(
@@ -302,6 +319,8 @@ async def _sse(
                 if isinstance(event, TextDelta):
                     yield chunk({"content": event.text})
                     continue
+                if not isinstance(event, Final):
+                    continue  # a failover's Routed: the last chunk carries the route
                 route = json.loads(route_json(event.route))
                 yield chunk({}, _finish(event.finish_reason), tandem_route=route)
                 if include_usage:
