@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from router.protocol import Final, Route, Usage
@@ -20,7 +23,16 @@ EXPECTED_SCHEMA = {
         "adapter",
         "local_only",
     ],
-    "messages": ["id", "conversation_id", "role", "content", "status", "error", "created_at"],
+    "messages": [
+        "id",
+        "conversation_id",
+        "role",
+        "content",
+        "status",
+        "error",
+        "created_at",
+        "writer",
+    ],
     "migrations": ["name", "applied_at"],
     "routes": [
         "message_id",
@@ -82,18 +94,59 @@ def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
     assert store.applied_migrations() == [m.__name__ for m in MIGRATIONS]
 
 
+# A chat that is killed (SIGKILL) while its answer streams.
+KILLED_WRITER = """
+import os, signal, sys
+from tui.store import Store
+store = Store.open(sys.argv[1])
+conv = store.create_conversation("t")
+store.add_message(conv.id, "user", "Tell me about the river.")
+answer = store.add_message(conv.id, "assistant", "", "streaming")
+store.save_partial(answer.id, "The river")
+print(answer.id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 def test_an_answer_left_streaming_is_marked_incomplete_on_reopen(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "c.db")
-    conv = store.create_conversation("t")
-    store.add_message(conv.id, "user", "Tell me about the river.")
-    answer = store.add_message(conv.id, "assistant", "", "streaming")
-    store.save_partial(answer.id, "The river")
-    # No close: as if the process had been killed.
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path / "c.db")],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    answer_id = int(done.stdout)
     reopened = Store.open(tmp_path / "c.db")
     assert reopened.recovered == 1
-    msg = reopened.message(answer.id)
+    msg = reopened.message(answer_id)
     assert msg is not None
     assert (msg.status, msg.content) == ("incomplete", "The river")
+    assert list((tmp_path / "c.db.writers").iterdir()) != []  # only the reopened store's own
+    reopened.close()
+    assert list((tmp_path / "c.db.writers").iterdir()) == []
+
+
+def test_a_second_chat_on_the_same_file_leaves_the_running_answer_alone(tmp_path: Path) -> None:
+    first = Store.open(tmp_path / "c.db")
+    conv = first.create_conversation("t")
+    first.add_message(conv.id, "user", "Tell me about the river.")
+    answer = first.add_message(conv.id, "assistant", "", "streaming")
+    first.save_partial(answer.id, "The river")
+    second = Store.open(tmp_path / "c.db")  # another window, while the first still streams
+    assert second.recovered == 0
+    msg = second.message(answer.id)
+    assert msg is not None and msg.status == "streaming"
+    first.finish_message(answer.id, "The river runs to the sea.", "complete")
+    msg = second.message(answer.id)
+    assert msg is not None and msg.status == "complete"
+    # Once the first chat is gone, what it left streaming is recovered by the next one.
+    other = first.add_message(conv.id, "assistant", "Half", "streaming")
+    first.close()
+    third = Store.open(tmp_path / "c.db")
+    assert third.recovered == 1
+    msg = third.message(other.id)
+    assert msg is not None and msg.status == "incomplete"
+    second.close()
+    third.close()
 
 
 def test_the_route_record_and_usage_round_trip(tmp_path: Path) -> None:

@@ -66,5 +66,14 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (m001_initial,)
+def m002_answer_writers(db: sqlite3.Connection) -> None:
+    # Which running chat writes an answer that is still streaming: a second chat on the same
+    # file must not mark it incomplete (tui/writers.py). '' for answers from before.
+    _run(db, "ALTER TABLE messages ADD COLUMN writer TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    m001_initial,
+    m002_answer_writers,
+)
 """Applied in order; each one's function name is recorded in the `migrations` table."""

@@ -5,7 +5,7 @@ The schema grows by numbered, append-only migrations (`m001_initial`, ...) recor
 `migrations` table; never edit one that has shipped, add the next. An answer is written as
 soon as it starts (status "streaming") and its text is updated while it streams, so a crash or
 a kill loses at most the last second; `Store.open()` marks any answer still "streaming" from a
-previous run as "incomplete".
+chat that is no longer running as "incomplete" (tui/writers.py tells which are).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Literal
 
 from router.protocol import Final
 from tui.migrations import MIGRATIONS
+from tui.writers import WriterLease, writer_alive
 
 __all__ = [
     "MIGRATIONS",
@@ -120,9 +121,12 @@ _MESSAGES_WITH_ROUTES = (
 class Store:
     """The conversation store. One per process; every method commits before it returns."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path | None) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, path: Path | None, lease: WriterLease | None = None
+    ) -> None:
         self._db = db
         self.path = path
+        self._lease = lease or WriterLease.acquire(None)
         self.recovered = 0
         """Answers found still streaming from an earlier run and marked incomplete on open."""
 
@@ -141,13 +145,14 @@ class Store:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db, path)
+        store = cls(db, path, WriterLease.acquire(path))
         store._migrate()
         store.recovered = store._mark_incomplete()
         return store
 
     def close(self) -> None:
         self._db.close()
+        self._lease.release()
 
     def _migrate(self) -> None:
         self._db.execute(
@@ -165,10 +170,24 @@ class Store:
                 )
 
     def _mark_incomplete(self) -> int:
-        cur = self._db.execute(
-            "UPDATE messages SET status = 'incomplete' WHERE status = 'streaming'"
-        )
-        return cur.rowcount
+        """Mark the answers whose chat is gone as incomplete; another chat running on the
+        same file keeps streaming its own."""
+        writers = [
+            r["writer"]
+            for r in self._db.execute(
+                "SELECT DISTINCT writer FROM messages WHERE status = 'streaming'"
+            )
+        ]
+        gone = [w for w in writers if w != self._lease.id and not writer_alive(self.path, w)]
+        marked = 0
+        for writer in gone:
+            cur = self._db.execute(
+                "UPDATE messages SET status = 'incomplete' WHERE status = 'streaming'"
+                " AND writer = ?",
+                (writer,),
+            )
+            marked += cur.rowcount
+        return marked
 
     def applied_migrations(self) -> list[str]:
         return [r["name"] for r in self._db.execute("SELECT name FROM migrations ORDER BY rowid")]
@@ -249,9 +268,9 @@ class Store:
     ) -> StoredMessage:
         now = time.time()
         cur = self._db.execute(
-            "INSERT INTO messages (conversation_id, role, content, status, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (conversation_id, role, content, status, now),
+            "INSERT INTO messages (conversation_id, role, content, status, created_at, writer)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (conversation_id, role, content, status, now, self._lease.id),
         )
         self._touch(conversation_id)
         assert cur.lastrowid is not None
