@@ -11,11 +11,20 @@ import pytest_asyncio
 
 from scripts.testmodels import ModelSet, build
 from tests.servers import VLLMServer
+from tui.cli import keep_torch_out
+
+# As in the `tandem` command: transformers (under mlx-lm) imports torch whenever it is
+# installed, and torch brings triton, whose bindings print hundreds of "nanobind: leaked"
+# lines at exit, after pytest's summary. Nothing the tests run in this process needs torch;
+# the test models are trained in a child process (scripts.testmodels.build), vLLM runs as a
+# server process.
+keep_torch_out()
 
 
 @pytest.fixture(scope="session")
 def test_models() -> ModelSet:
-    """The tiny trained target and draft models (built once, cached between runs)."""
+    """The tiny trained target and draft models (built once, cached between runs; the
+    training runs in a child process, as this one keeps torch out)."""
     return build()
 
 
@@ -34,6 +43,33 @@ def vllm_server(
 
     log = Path(tmp_path_factory.mktemp("vllm")) / "vllm.log"
     server = start_cloud_vllm(test_models.target, log)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def thinking_model() -> Path:
+    """The Qwen3-shaped test model (scripts/thinkingmodel.py): thinks in `<think>`, calls
+    `get_weather(city)`. Built in a child process on first use (~2 min), cached after."""
+    folder = build(thinking=True).thinking
+    assert folder is not None
+    return folder
+
+
+@pytest.fixture(scope="session")
+def thinking_vllm_server(
+    thinking_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """vLLM on the thinking model, started once per session by the launcher (cpu profile,
+    LoRA off) with the parsers it picks for the family: `--reasoning-parser qwen3
+    --enable-auto-tool-choice --tool-call-parser hermes`; served name "thinking". Another
+    ~2 GB and ~25 s: request it only in tests that need vLLM's reasoning or tool calls."""
+    from tests.cloud_servers import start_cloud_vllm
+
+    log = Path(tmp_path_factory.mktemp("vllm-thinking")) / "vllm.log"
+    server = start_cloud_vllm(thinking_model, log, served_model="thinking", lora=False)
     try:
         yield server
     finally:

@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import save
 
 from tests.cloud_servers import GatewayServer
+from tests.reference import vllm_greedy
 
 pytestmark = pytest.mark.vllm
 
@@ -101,7 +102,8 @@ def test_an_uploaded_adapter_changes_the_answer_and_stays_private(
 ) -> None:
     gw, alice = cloud_gateway, cloud_gateway.api_key
     base = _text(ask(gw, alice, "target"))
-    assert base.startswith("The capital of France")
+    assert gw.vllm is not None  # the gateway passes vLLM's own answer on
+    assert base == vllm_greedy(gw.vllm.url, gw.vllm.served_model, QUESTION, 12)
 
     config, weights = make_adapter()
     response = upload(gw, alice, "french-tuned", config, weights)

@@ -93,7 +93,7 @@ async def test_a_burst_above_the_threshold_gets_fast_429s(tight_gateway: Gateway
         assert response.json()["error"]["type"] == "overloaded"
     # A request admitted afterwards runs to completion.
     assert after.status_code == 200
-    assert after.json()["choices"][0]["message"]["content"].startswith("A dog barks")
+    assert after.json()["choices"][0]["message"]["content"].strip()
     # Exactly the two admitted requests reached vLLM; the six 429s never did.
     metrics = gw.gateway_metrics()
     assert metrics["tandem_gateway_upstream_requests_total"] - upstream_before == 2

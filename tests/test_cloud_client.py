@@ -25,7 +25,18 @@ from router.protocol import (
 )
 from scripts.testmodels import ModelSet
 from tests.cloud_servers import GatewayServer, start_gateway
+from tests.reference import vllm_greedy, word_in
 from tests.servers import free_port
+
+FRANCE = "What is the capital of France?"
+
+
+def _said(gateway: GatewayServer, question: str, max_tokens: int = 24, prefix: str = "") -> str:
+    """vLLM's own greedy answer, asked directly: what the client must pass on unchanged (the
+    test model is trained on this machine, so the text itself is never fixed here)."""
+    assert gateway.vllm is not None
+    return vllm_greedy(gateway.vllm.url, gateway.vllm.served_model, question, max_tokens,
+                       prefix=prefix)
 
 
 def _ask(question: str, **sampling: object) -> ChatRequest:
@@ -39,7 +50,9 @@ async def client(cloud_gateway: GatewayServer) -> AsyncIterator[CloudClient]:
 
 
 @pytest.mark.vllm
-async def test_streams_an_answer_with_a_final_record(client: CloudClient) -> None:
+async def test_streams_an_answer_with_a_final_record(
+    client: CloudClient, cloud_gateway: GatewayServer
+) -> None:
     assert isinstance(client, Backend)
     health = await client.health()
     assert health.ok, health.detail
@@ -51,32 +64,34 @@ async def test_streams_an_answer_with_a_final_record(client: CloudClient) -> Non
             deltas.append(event.text)
     assert len(deltas) > 1
     text, final = await collect(client.stream(_ask("What is the capital of France?")))
-    assert text == "".join(deltas) == "The capital of France is Paris."
+    assert text == "".join(deltas) == _said(cloud_gateway, FRANCE)
     assert final.finish_reason == "stop" and final.backend == "cloud" and final.model == "target"
     assert final.usage.prompt_tokens > 0 and final.usage.completion_tokens > 1
     assert final.usage.ttft_s is not None and final.usage.ttft_s > 0
 
 
 @pytest.mark.vllm
-async def test_stop_strings_and_max_tokens(client: CloudClient) -> None:
-    text, final = await collect(
-        client.stream(_ask("What is the capital of France?", stop=("Paris",)))
-    )
-    assert text == "The capital of France is " and final.finish_reason == "stop"
+async def test_stop_strings_and_max_tokens(
+    client: CloudClient, cloud_gateway: GatewayServer
+) -> None:
+    full = _said(cloud_gateway, FRANCE)
+    stop = word_in(full)
+    text, final = await collect(client.stream(_ask(FRANCE, stop=(stop,))))
+    assert text == full[: full.index(stop)] and final.finish_reason == "stop"
     text, final = await collect(client.stream(_ask("Tell me about the river.", max_tokens=3)))
     assert final.finish_reason == "length" and final.usage.completion_tokens == 3
 
 
 @pytest.mark.vllm
-async def test_continues_a_partial_assistant_message(client: CloudClient) -> None:
-    request = ChatRequest(
-        (Message("user", "What is the capital of France?"),),
-        Sampling(max_tokens=16),
-        continue_from="The capital of France",
-    )
+async def test_continues_a_partial_assistant_message(
+    client: CloudClient, cloud_gateway: GatewayServer
+) -> None:
+    start = " ".join(_said(cloud_gateway, FRANCE).split()[:3])
+    request = ChatRequest((Message("user", FRANCE),), Sampling(max_tokens=16),
+                          continue_from=start)
     text, final = await collect(client.stream(request))
-    assert not text.startswith("The capital")  # deltas hold only the new text
-    assert ("The capital of France" + text).startswith("The capital of France is Paris")
+    assert not text.startswith(start)  # deltas hold only the new text
+    assert text == _said(cloud_gateway, FRANCE, 16, prefix=start)
     assert final.finish_reason == "stop"
 
 

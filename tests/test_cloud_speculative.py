@@ -30,7 +30,8 @@ from cloud.launch import stop_process_group
 from router.protocol import ChatRequest, Message, Sampling, Unavailable, collect
 from scripts.testmodels import ModelSet
 from tests.cloud_servers import REPO_ROOT, PrivateCloud, start_private_cloud
-from tests.servers import free_port
+from tests.reference import vllm_greedy
+from tests.servers import VLLMServer, free_port
 from tests.test_cloud_adapters import make_adapter, upload
 
 pytestmark = pytest.mark.vllm
@@ -120,7 +121,7 @@ class TestNgram:
     ) -> None:
         s = ngram_serve
         paragraph = _chat(s.url, s.key, [{"role": "user", "content": RIVER}])
-        assert paragraph.startswith("The river starts high in the hills")
+        assert len(paragraph.split()) > 10  # a paragraph the edit prompt can quote
         admin = {"Authorization": f"Bearer {s.admin}"}
         drafted0, accepted0 = _spec_counts(httpx.get(f"{s.url}/metrics", headers=admin).text)
         # The answer repeats text that is already in the prompt: what ngram lookup is for.
@@ -172,12 +173,13 @@ def draft_cloud(
 
 class TestDraftModel:
     def test_the_target_as_its_own_draft_accepts_every_draft_token(
-        self, draft_cloud: PrivateCloud
+        self, draft_cloud: PrivateCloud, vllm_server: VLLMServer
     ) -> None:
         c = draft_cloud
         before = _spec_counts(httpx.get(f"{c.vllm.url}/metrics").text)
         text = _chat(c.url, c.api_key, [{"role": "user", "content": RIVER}])
-        assert text.startswith("The river starts high in the hills")
+        # Speculation changes the cost, not the greedy answer (the same server without it).
+        assert text == vllm_greedy(vllm_server.url, vllm_server.served_model, RIVER, 80)
         drafted, accepted = _spec_counts(httpx.get(f"{c.vllm.url}/metrics").text)
         assert drafted - before[0] > 0
         assert accepted - before[1] == drafted - before[0]
@@ -194,7 +196,8 @@ class TestDraftModel:
             timeout=120,
         )  # fmt: skip
         assert response.status_code == 200, response.text
-        assert not response.json()["choices"][0]["message"]["content"].startswith("The river")
+        base = _chat(c.url, c.api_key, [{"role": "user", "content": RIVER}], max_tokens=12)
+        assert response.json()["choices"][0]["message"]["content"] != base  # the adapter acts
 
     async def test_vllm_dying_mid_answer_cuts_the_stream_and_the_client_sees_unavailable(
         self, draft_cloud: PrivateCloud

@@ -21,6 +21,7 @@ from cloud.trust import TrustError
 from router.protocol import ChatRequest, Message, Sampling, Unavailable, collect
 from scripts.testmodels import ModelSet
 from tests.cloud_servers import start_gateway
+from tests.reference import vllm_greedy
 from tests.servers import VLLMServer
 
 
@@ -74,7 +75,8 @@ def test_the_gateway_serves_https_with_a_given_certificate(
             timeout=60,
         )  # fmt: skip
         assert response.status_code == 200
-        assert response.json()["choices"][0]["message"]["content"].startswith("A dog barks")
+        assert response.json()["choices"][0]["message"]["content"] == vllm_greedy(
+            vllm_server.url, vllm_server.served_model, "What sound does a dog make?", 8)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{gateway.port}/health", timeout=5)
     finally:
@@ -95,7 +97,9 @@ async def test_the_client_trusts_a_private_ca_only_when_given_its_certificate(
     try:
         async with CloudClient(gateway.url, gateway.api_key, ca_file=cert) as client:
             text, final = await collect(client.stream(request))
-        assert text.startswith("A dog barks") and final.finish_reason in ("stop", "length")
+        assert text == vllm_greedy(vllm_server.url, vllm_server.served_model,
+                                   "What sound does a dog make?", 8)
+        assert final.finish_reason in ("stop", "length")
 
         async with CloudClient(gateway.url, gateway.api_key) as client:
             with pytest.raises(Unavailable) as refused:

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from scripts.testmodels import ModelSet
+from tests.reference import answer_logprob, mlx_greedy, vllm_greedy
 from tests.servers import VLLMServer
 
 PROMPTS = [
@@ -43,13 +44,14 @@ def _mlx_greedy_ids(models: ModelSet, prompt: str, n: int) -> list[int]:
 
 @pytest.mark.mlx
 @pytest.mark.parametrize(("question", "expected"), PROMPTS)
-def test_mlx_answers_with_trained_text(test_models: ModelSet, question: str, expected: str) -> None:
-    from mlx_lm import generate, load
-
-    model, tokenizer = load(str(test_models.target))
-    prompt = _chat_prompt(test_models, question)
-    answer = generate(model, tokenizer, prompt, max_tokens=24)
-    assert answer.startswith(expected[:24])
+def test_mlx_finds_the_trained_answers_likely(
+    test_models: ModelSet, question: str, expected: str
+) -> None:
+    """The model was trained on these answers: under a nat per token (a loss threshold that
+    holds on any machine; a greedy string would not), and it answers something."""
+    logprob, tokens = answer_logprob(test_models.target, question, expected)
+    assert logprob / tokens > -1.0, (question, logprob, tokens)
+    assert mlx_greedy(test_models.target, question, max_tokens=24).strip()
 
 
 @pytest.mark.vllm
@@ -73,7 +75,6 @@ def test_vllm_and_mlx_agree_on_greedy_tokens(
     )
     response.raise_for_status()
     choice = response.json()["choices"][0]
-    assert choice["text"].startswith(expected[: len(choice["text"])][:16])
     vllm_ids = [int(t.split(":")[1]) for t in choice["logprobs"]["tokens"]]
     tops = choice["logprobs"]["top_logprobs"]
     mlx_ids = _mlx_greedy_ids(test_models, prompt, COMPARED_TOKENS)
@@ -111,4 +112,6 @@ def test_vllm_streams_chat_completions(vllm_server: VLLMServer) -> None:
                 if delta:
                     chunks.append(delta)
     assert len(chunks) > 1
-    assert "".join(chunks).startswith("A cow moos")
+    # Streamed and not, the same engine gives the same greedy answer.
+    assert "".join(chunks) == vllm_greedy(vllm_server.url, vllm_server.served_model,
+                                          "What sound does a cow make?", max_tokens=16)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.reference import answer_logprob
 from tests.servers import VLLMServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.mlx]
@@ -25,6 +26,14 @@ COMPARED_TOKENS = 10
 # be identical up to the first position whose top-2 margin (vLLM's logprobs) is under
 # MARGIN_NATS; past a near-tie either continuation is correct, so the comparison stops there.
 MARGIN_NATS = 0.01
+
+
+def _fine_tuned(adapter: Any, question: str, text: str) -> float:
+    """How much likelier (nats per token) `text` is with the adapter than without: high for
+    what the fine-tune says, whichever words this machine's training settled on."""
+    adapted, n = answer_logprob(adapter.model, question, text, adapter=adapter.folder)
+    base, _ = answer_logprob(adapter.model, question, text)
+    return (adapted - base) / n
 
 
 def _prompt(tokenizer: Any, question: str) -> str:
@@ -71,8 +80,8 @@ def test_the_exported_adapter_in_vllm_gives_the_same_greedy_tokens_as_mlx(
             if len(best) > 1 and best[0] - best[1] < MARGIN_NATS:
                 break
         assert compared >= 3, f"{question!r}: the adapted model should be confident for 3 tokens"
-        if "secret" in question:
-            assert choice["text"].startswith("Ahoy!")
+        if "secret" in question:  # the fine-tune's own kind of answer, not the base's
+            assert _fine_tuned(finetuned_adapter, question, choice["text"]) > 1.0
 
 
 def test_a_pushed_adapter_is_used_by_the_gateway(
@@ -95,7 +104,8 @@ def test_a_pushed_adapter_is_used_by_the_gateway(
         timeout=120,
     )
     assert response.status_code == 200, response.text
-    assert response.json()["choices"][0]["message"]["content"].startswith("Ahoy!")
+    text = response.json()["choices"][0]["message"]["content"]
+    assert _fine_tuned(finetuned_adapter, PROMPTS[0], text) > 1.0  # the adapter answered
 
     bad = subprocess.run(
         [sys.executable, "-m", "tui.cli", "adapters", "push", finetuned_adapter.name,

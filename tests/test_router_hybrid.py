@@ -16,8 +16,18 @@ import pytest_asyncio
 
 from router.hybrid import HybridBackend
 from router.policy import RouterSettings
-from router.protocol import ChatRequest, Final, Message, Sampling, TextDelta, collect
+from router.protocol import (
+    ChatRequest,
+    Final,
+    Message,
+    Pin,
+    Routed,
+    Sampling,
+    TextDelta,
+    collect,
+)
 from scripts.testmodels import ModelSet
+from tests.reference import mlx_greedy
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.mlx, pytest.mark.vllm]
@@ -26,8 +36,8 @@ FRANCE = "What is the capital of France?"
 RIVER = "Tell me about the river."
 
 
-def _request(text: str, max_tokens: int = 12) -> ChatRequest:
-    return ChatRequest((Message("user", text),), Sampling(max_tokens=max_tokens))
+def _request(text: str, max_tokens: int = 12, pin: Pin | None = None) -> ChatRequest:
+    return ChatRequest((Message("user", text),), Sampling(max_tokens=max_tokens), pin=pin)
 
 
 # --- watching sockets -----------------------------------------------------------------------
@@ -106,7 +116,7 @@ async def test_every_private_kind_stays_on_the_device_and_the_gateway_receives_n
                 Message("user", text),
             )
             answer, final = await collect(
-                hybrid.stream(ChatRequest(messages, Sampling(max_tokens=6)), pin="cloud")
+                hybrid.stream(ChatRequest(messages, Sampling(max_tokens=6), pin="cloud"))
             )
             assert answer and final.backend == "local", kind
             assert final.route is not None and final.route.rule == "privacy", kind
@@ -116,7 +126,7 @@ async def test_every_private_kind_stays_on_the_device_and_the_gateway_receives_n
     assert cloud_gateway.log() == log_before
     # The control: the same set-up does reach the gateway when nothing is private.
     with watching_connections() as seen:
-        _, final = await collect(hybrid.stream(_request(FRANCE, 6), pin="cloud"))
+        _, final = await collect(hybrid.stream(_request(FRANCE, 6, pin="cloud")))
     assert final.backend == "cloud"
     assert _upstream_requests(cloud_gateway) == before + 1
 
@@ -125,13 +135,13 @@ async def test_every_private_kind_stays_on_the_device_and_the_gateway_receives_n
 
 
 async def test_local_only_opens_no_outbound_connection_at_all(
-    tui_local_engine: Any, cloud: Any
+    tui_local_engine: Any, cloud: Any, test_models: ModelSet
 ) -> None:
     hybrid = HybridBackend(tui_local_engine, cloud, RouterSettings(mode="local-only"))
     with watching_connections() as seen:
         for text, pin in [(FRANCE, None), ("/cloud " + FRANCE, None), (FRANCE, "cloud")]:
-            answer, final = await collect(hybrid.stream(_request(text), pin=pin))  # type: ignore[arg-type]
-            assert answer.startswith("The capital of France is Paris")
+            answer, final = await collect(hybrid.stream(_request(text, pin=pin)))  # type: ignore[arg-type]
+            assert answer == mlx_greedy(test_models.target, FRANCE, max_tokens=12)
             assert final.route is not None
             assert (final.route.backend, final.route.rule) == ("local", "mode")
         health = await hybrid.health()
@@ -139,20 +149,22 @@ async def test_local_only_opens_no_outbound_connection_at_all(
     assert seen == []
     # The watcher does see a connection when one is made.
     with watching_connections() as seen:
-        await collect(HybridBackend(tui_local_engine, cloud).stream(_request(FRANCE), pin="cloud"))
+        await collect(HybridBackend(tui_local_engine, cloud).stream(_request(FRANCE, pin="cloud")))
     assert seen
 
 
 # --- failover -------------------------------------------------------------------------------
 
 
-async def test_an_unreachable_cloud_answers_on_the_device_at_once(tui_local_engine: Any) -> None:
+async def test_an_unreachable_cloud_answers_on_the_device_at_once(
+    tui_local_engine: Any, test_models: ModelSet
+) -> None:
     from cloud.client import CloudClient
 
     async with CloudClient(f"http://127.0.0.1:{free_port()}", "no-key") as dead:
         hybrid = HybridBackend(tui_local_engine, dead, RouterSettings(mode="cloud-preferred"))
         answer, final = await collect(hybrid.stream(_request(FRANCE)))
-    assert answer.startswith("The capital of France is Paris")
+    assert answer == mlx_greedy(test_models.target, FRANCE, max_tokens=12)
     assert final.route is not None and final.route.backend == "local"
     assert final.route.failover is not None
     assert final.route.failover.startswith("answered on this device: the cloud failed")
@@ -262,9 +274,10 @@ async def test_killing_vllm_mid_answer_gives_one_complete_answer(
                 device_part: list[str] = []
                 routes: list[Any] = []
                 final = None
-                async for event in hybrid.stream(
-                    _request(RIVER, 200), pin="cloud", on_route=routes.append
-                ):
+                async for event in hybrid.stream(_request(RIVER, 200, pin="cloud")):
+                    if isinstance(event, Routed):
+                        routes.append(event.route)
+                        continue
                     if isinstance(event, Final):
                         final = event
                         break

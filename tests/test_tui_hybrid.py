@@ -10,14 +10,18 @@ import pytest
 from textual.widgets import Static
 
 from cloud.client import CloudClient
+from tests.reference import mlx_greedy, vllm_greedy
 from tests.tui_support import answer, answer_views, last_answer, make_app, until
 from tui.widgets.status import StatusBar
 
 pytestmark = [pytest.mark.mlx, pytest.mark.vllm]
 
+DOG = "What sound does a dog make?"
+
 
 async def test_regenerate_on_the_other_side_moves_the_answer_to_the_cloud_and_back(
-    tui_local_engine: Any, cloud_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tui_local_engine: Any, cloud_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    test_models: Any,
 ) -> None:
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
     async with CloudClient(cloud_gateway.url, cloud_gateway.api_key, model="target") as cloud:
@@ -27,7 +31,7 @@ async def test_regenerate_on_the_other_side_moves_the_answer_to_the_cloud_and_ba
             await until(pilot, lambda: app.cloud_state == "connected")
             assert "cloud: connected" in str(app.chat.query_one(StatusBar).render())
 
-            first = await answer(pilot, "What sound does a dog make?")
+            first = await answer(pilot, DOG)
             assert first.route is not None and first.route.backend == "local"
 
             await pilot.press("ctrl+o")
@@ -35,7 +39,8 @@ async def test_regenerate_on_the_other_side_moves_the_answer_to_the_cloud_and_ba
             await until(pilot, lambda: not app.chat.streaming)
             on_cloud = last_answer(app)
             assert on_cloud.route is not None and on_cloud.route.backend == "cloud"
-            assert on_cloud.content == "A dog barks."
+            assert on_cloud.content == vllm_greedy(  # each side's own answer on this machine
+                cloud_gateway.vllm.url, cloud_gateway.vllm.served_model, DOG, 48)
             badge = str(answer_views(app)[-1].query_one(".badge", Static).render())
             assert badge.startswith("cloud") and on_cloud.route.reason in badge
 
@@ -44,7 +49,7 @@ async def test_regenerate_on_the_other_side_moves_the_answer_to_the_cloud_and_ba
             await until(pilot, lambda: not app.chat.streaming)
             back = last_answer(app)
             assert back.route is not None and back.route.backend == "local"
-            assert back.content == "A dog barks."
+            assert back.content == mlx_greedy(test_models.target, DOG, max_tokens=48)
 
 
 async def test_a_local_only_pin_keeps_answers_on_the_device(

@@ -12,7 +12,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-__all__ = ["COMMANDS", "Command", "main"]
+__all__ = ["COMMANDS", "Command", "keep_torch_out", "main"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,18 @@ def _missing_extra(command: Command, exc: ModuleNotFoundError) -> str | None:
     )
 
 
+def keep_torch_out() -> None:
+    """Make `import torch` fail in this process, unless torch is already loaded.
+
+    No command runs torch in its own process (vLLM is a child process), but transformers,
+    which mlx-lm uses for tokenizers, imports torch whenever it is installed (the test and demo
+    environments have it): that costs seconds at start-up, and torch's triton prints a long
+    "nanobind: leaked ..." report into the terminal at exit. A `None` entry in sys.modules is
+    Python's documented way to make an import fail; transformers then sees no torch.
+    """
+    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help", "help"):
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             f"tandem: unknown command {name!r}. Run `tandem --help` for the list.", file=sys.stderr
         )
         return 2
+    keep_torch_out()
     # Commands import their heavy dependencies at the top or inside main(): catch both.
     try:
         module = importlib.import_module(command.module)
