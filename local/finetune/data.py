@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from local.finetune.errors import DataError
+from local.finetune.errors import DataError, Issue
 
 __all__ = [
     "ROLES",
@@ -34,20 +34,6 @@ Format = Literal["chat", "completions", "text"]
 ROLES = ("system", "user", "assistant", "tool")
 VALID_SHARE = 0.1
 """Share of examples kept for validation when no valid.jsonl is given."""
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """One problem with one line of the data."""
-
-    path: Path
-    line: int
-    reason: str
-    fatal: bool = True
-    """False for a warning (a truncated row): training goes on."""
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)

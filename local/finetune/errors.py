@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from local.finetune.data import Issue
+from router.protocol import TandemError
 
 __all__ = [
     "AdapterNotFound",
@@ -14,11 +14,27 @@ __all__ = [
     "DataError",
     "ExportRefused",
     "FinetuneError",
+    "Issue",
     "ResumeError",
 ]
 
 
-class FinetuneError(Exception):
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem with one line of the data (here, beside the error that carries a list of
+    them, so that data.py and this module do not import each other)."""
+
+    path: Path
+    line: int
+    reason: str
+    fatal: bool = True
+    """False for a warning (a truncated row): training goes on."""
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+class FinetuneError(TandemError):
     """A failure the user can act on; `str()` says what happened and what to do."""
 
 

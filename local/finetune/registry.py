@@ -11,11 +11,13 @@ The folder root is passed in (the composition root knows where the data director
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,7 @@ __all__ = [
     "AdapterRegistry",
     "model_digest",
     "validate_name",
+    "write_atomically",
 ]
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -112,11 +115,26 @@ def model_digest(model_path: Path, cache_file: Path | None = None) -> str:
     digest = h.hexdigest()
     if cache_file is not None:
         cache[str(model_path)] = {"stamp": stamp, "sha256": digest}
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        scratch = cache_file.with_name(f"{cache_file.name}.{os.getpid()}")
-        scratch.write_text(json.dumps(cache))
-        scratch.replace(cache_file)
+        write_atomically(cache_file, json.dumps(cache))
     return digest
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: into a uniquely named file beside it, flushed to
+    disk, then renamed over it. A crash (or a second writer) never leaves half a file, and
+    two threads of one process never share a scratch name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(scratch, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
+        raise
 
 
 class AdapterRegistry:
@@ -146,12 +164,9 @@ class AdapterRegistry:
 
     def save(self, record: AdapterRecord) -> None:
         """Write the record (atomically, so a crash never leaves half a file)."""
-        folder = self.folder(record.name)
-        folder.mkdir(parents=True, exist_ok=True)
         record.updated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        scratch = folder / f".{METADATA}.{os.getpid()}"
-        scratch.write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
-        scratch.replace(folder / METADATA)
+        text = json.dumps(asdict(record), indent=2, sort_keys=True)
+        write_atomically(self.folder(record.name) / METADATA, text)
 
     def list(self) -> list[AdapterRecord]:
         """Every adapter, by name."""
