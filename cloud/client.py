@@ -8,6 +8,7 @@ handshake per answer). Failures become the contract's typed errors where they en
     429                                                         → Overloaded(retry_after)
     400 "maximum context length"                                → ContextTooLong
     404 unknown model/adapter, other 4xx                        → ModelError
+    a malformed answer (not JSON, a bad SSE line, missing fields) → Unavailable
 
 Three timeouts, because a stalled answer should fail over quickly while a slow start is normal:
 connect, first token (from sending the request), and the gap between two chunks.
@@ -26,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from cloud.trust import UNTRUSTED_HINT, is_untrusted_certificate, ssl_context
+from cloud.trust import UNTRUSTED_HINT, TrustError, is_untrusted_certificate, ssl_context
 from router.protocol import (
     BackendError,
     Capabilities,
@@ -52,6 +53,28 @@ _PROMPT_RE = re.compile(r"(?:contains|prompt \()(?: at least)? ?(\d+) (?:input )
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 
+def refuse_cleartext(url: str, *, allow_http: bool) -> None:
+    """An http:// URL to another machine would send the key and every prompt in the clear:
+    TrustError unless the user allowed it (`cloud_allow_http`)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or allow_http:
+        return
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise TrustError(
+            f"the cloud URL {parts.scheme}://{host} is plain HTTP, which would send your API key "
+            "and prompts in the clear; use https:// (or set cloud_allow_http = true for a "
+            "tunnel you trust)"
+        )
+
+
 class CloudClient:
     """The cloud gateway as a Backend.
 
@@ -72,9 +95,11 @@ class CloudClient:
         first_token_timeout_s: float = 30.0,
         idle_timeout_s: float = 15.0,
         ca_file: str | Path | None = None,
+        allow_http: bool = False,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
+        refuse_cleartext(self.base_url, allow_http=allow_http)
         self.model = model
         self.first_token_timeout_s = first_token_timeout_s
         self.idle_timeout_s = idle_timeout_s
@@ -98,6 +123,15 @@ class CloudClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    # --- router.protocol.Lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing to load: the first request (or health check) opens the connection."""
+
+    @property
+    def ready(self) -> bool:
+        return not self._http.is_closed
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -125,7 +159,7 @@ class CloudClient:
         try:
             await self.refresh_models()
         except BackendError as exc:
-            return Health(False, str(exc))
+            return Health(False, str(exc), error=exc)
         return Health(True, "ok")
 
     async def refresh_models(self) -> None:
@@ -136,13 +170,17 @@ class CloudClient:
             raise Unavailable(_transport_message(self.base_url, exc), backend=self.name) from exc
         if response.status_code != 200:
             raise self._error(response.status_code, response.headers, response.content)
-        models = response.json().get("data", [])
-        base = [m for m in models if not m.get("parent")]
-        if base:
-            self.model = self.model or str(base[0]["id"])
-            window = base[0].get("max_model_len")
-            self._context_window = int(window) if window else self._context_window
-        self._adapters = tuple(str(m["id"]) for m in models if m.get("parent"))
+        try:
+            models = response.json().get("data", [])
+            base = [m for m in models if not m.get("parent")]
+            if base:
+                model = str(base[0]["id"])
+                window = base[0].get("max_model_len")
+                self._context_window = int(window) if window else self._context_window
+                self.model = self.model or model
+            self._adapters = tuple(str(m["id"]) for m in models if m.get("parent"))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise self._malformed("its model list") from exc
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         return self._stream(request)
@@ -195,7 +233,9 @@ class CloudClient:
             "temperature": s.temperature,
             "top_p": s.top_p,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            # Usage in every chunk: each delta says how many tokens it holds (vLLM may send
+            # several per chunk), so a failover can continue within max_tokens.
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         }
         if s.stop:
             body["stop"] = list(s.stop)
@@ -216,6 +256,7 @@ class CloudClient:
         first_at: float | None = None
         finish: str | None = None
         usage: dict[str, Any] = {}
+        counted = 0  # completion tokens the deltas so far stand for
         done = False
         while True:
             timeout = self.first_token_timeout_s if first_at is None else self.idle_timeout_s
@@ -240,43 +281,71 @@ class CloudClient:
             if data == "[DONE]":
                 done = True
                 break
-            chunk = json.loads(data)
-            if "error" in chunk:
-                error = chunk["error"]
-                message = error.get("message", "") if isinstance(error, dict) else str(error)
-                raise ModelError(f"the cloud model failed mid-answer: {message}", backend=self.name)
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices", []):
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    if first_at is None:
-                        first_at = time.perf_counter()
-                    yield TextDelta(text)
-                finish = choice.get("finish_reason") or finish
+            try:
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    error = chunk["error"]
+                    message = error.get("message", "") if isinstance(error, dict) else str(error)
+                    raise ModelError(
+                        f"the cloud model failed mid-answer: {message}", backend=self.name
+                    )
+                usage = chunk.get("usage") or usage
+                pieces: list[str] = []
+                for choice in chunk.get("choices", []):
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        if not isinstance(text, str):
+                            raise TypeError("content is not text")
+                        pieces.append(text)
+                    finish = choice.get("finish_reason") or finish
+                total = usage.get("completion_tokens") if chunk.get("usage") else None
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise self._malformed("an answer") from exc
+            if pieces:
+                if first_at is None:
+                    first_at = time.perf_counter()
+                tokens: int | None = None
+                if isinstance(total, int) and total >= counted:
+                    tokens, counted = total - counted, total
+                yield TextDelta("".join(pieces), tokens=tokens)
         if not done or finish is None:
             raise Unavailable("the connection to the cloud was lost mid-answer", backend=self.name)
         # Read the body's end too, so the connection goes back to the pool instead of closing.
         with contextlib.suppress(TimeoutError, httpx.HTTPError):
             await asyncio.wait_for(_drain(lines), self.idle_timeout_s)
         ended = time.perf_counter()
-        completion = int(usage.get("completion_tokens", 0))
+        try:
+            completion = int(usage.get("completion_tokens", 0))
+            prompt_tokens = int(usage.get("prompt_tokens", 0))
+            details = usage.get("prompt_tokens_details") or {}
+            cached = int(details.get("cached_tokens") or 0)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise self._malformed("its usage record") from exc
         tps = None
         if first_at is not None and completion > 1 and ended > first_at:
             tps = (completion - 1) / (ended - first_at)
             self._recent_tps = tps
-        details = usage.get("prompt_tokens_details") or {}
         yield Final(
-            finish_reason=_FINISH.get(finish, "cancelled"),
+            finish_reason=_FINISH.get(str(finish), "cancelled"),
             usage=Usage(
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                prompt_tokens=prompt_tokens,
                 completion_tokens=completion,
                 ttft_s=None if first_at is None else first_at - started,
                 decode_tokens_per_s=tps,
-                cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+                cached_prompt_tokens=cached,
             ),
             backend=self.name,
             model=self.model or "",
             adapter=request.adapter,
+        )
+
+    def _malformed(self, what: str) -> Unavailable:
+        # A proxy or a broken gateway: treated as the cloud being unreachable, so the router
+        # fails over and the breaker counts it.
+        return Unavailable(
+            f"the cloud at {self.base_url} sent {what} tandem cannot read; "
+            "check the cloud URL in Settings (F3)",
+            backend=self.name,
         )
 
     def _error(self, status: int, headers: httpx.Headers, content: bytes) -> BackendError:

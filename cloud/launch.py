@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cloud.speculative import SpeculativeError, SpeculativeSpec, parse_speculative
+from router.protocol import TandemError
 
 __all__ = [
     "LaunchError",
@@ -39,7 +40,7 @@ LOOPBACK = "127.0.0.1"
 SECRET_ENV = ("VLLM_API_KEY",)
 
 
-class LaunchError(RuntimeError):
+class LaunchError(TandemError, RuntimeError):
     """vLLM could not be configured or started; the message is one or two lines for a person."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.protocol import TandemError
+
 __all__ = ["METHODS", "SpeculativeError", "SpeculativeSpec", "parse_speculative"]
 
 METHODS = ("ngram", "draft", "eagle3", "mtp")
@@ -28,7 +30,7 @@ LORA_INCOMPATIBLE = frozenset({"eagle3", "mtp"})
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
-class SpeculativeError(ValueError):
+class SpeculativeError(TandemError, ValueError):
     """An invalid `--speculative` setting; the message is one line for a person."""
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from router.protocol import TandemError
+
 __all__ = ["UNTRUSTED_HINT", "TrustError", "is_untrusted_certificate", "ssl_context"]
 
 UNTRUSTED_HINT = (
@@ -17,7 +19,7 @@ UNTRUSTED_HINT = (
 )
 
 
-class TrustError(ValueError):
+class TrustError(TandemError, ValueError):
     """The CA file cannot be used (missing, unreadable, not PEM certificates)."""
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.protocol import TandemError
+
 __all__ = [
     "DEFAULT_HELDOUT",
     "RECIPES",
@@ -41,7 +43,7 @@ DEFAULT_HELDOUT = (
 )
 
 
-class QuantizeError(Exception):
+class QuantizeError(TandemError):
     """The conversion cannot run (bad options, unreadable source, existing output)."""
 
 

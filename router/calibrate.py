@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.complexity import ComplexityScorer, FeatureScorer
-from router.protocol import Message
+from router.protocol import Message, TandemError
 
 __all__ = ["Calibration", "CalibrationError", "calibrate", "load_prompts", "threshold_for_share"]
 
 
-class CalibrationError(ValueError):
+class CalibrationError(TandemError, ValueError):
     """The prompts file cannot be read, or there is nothing to calibrate on."""
 
 

@@ -10,8 +10,13 @@
 - at most one switch per answer; if both sides fail, `BothFailed` (the consumer keeps the text
   it already received).
 
-Every `Final` it yields carries `route` (router.protocol.Route): backend, rule, reason, scores,
-and `failover` when the answer moved.
+Before the first delta it yields `Routed` (router.protocol) with the route: backend, rule,
+reason, scores; and another `Routed`, with `failover` set, when the answer moves. Every `Final`
+it yields carries the route as it ended. A continued answer gets what is left of max_tokens,
+counted in tokens (`TextDelta.tokens`), not in pieces.
+
+It owns the two sides it was given: `start()` starts both (the device's model loads; the
+cloud needs nothing), `aclose()` closes both.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import replace
-from typing import Any
 
 from router.complexity import ComplexityScorer
 from router.health import CircuitBreaker
@@ -34,7 +38,6 @@ from router.policy import (
     parse_override,
 )
 from router.protocol import (
-    Backend,
     BackendError,
     Capabilities,
     ChatRequest,
@@ -42,14 +45,15 @@ from router.protocol import (
     Health,
     Message,
     Route,
+    Routed,
+    Service,
     StreamEvent,
     TextDelta,
     Unavailable,
+    Usage,
 )
 
-__all__ = ["BothFailed", "HybridBackend", "RouteCallback"]
-
-RouteCallback = Callable[[Route], None]
+__all__ = ["BothFailed", "HybridBackend"]
 
 
 class BothFailed(Unavailable):
@@ -79,8 +83,8 @@ class HybridBackend:
 
     def __init__(
         self,
-        local: Backend,
-        cloud: Backend | None,
+        local: Service,
+        cloud: Service | None,
         policy: RoutingPolicy | RouterSettings | None = None,
         *,
         scorer: ComplexityScorer | None = None,
@@ -116,9 +120,7 @@ class HybridBackend:
 
     # --- deciding -------------------------------------------------------------------------
 
-    def prepare(
-        self, request: ChatRequest, *, pin: Side | None = None
-    ) -> tuple[Decision, ChatRequest]:
+    def prepare(self, request: ChatRequest) -> tuple[Decision, ChatRequest]:
         """Decide where `request` would run, without running it. Returns the decision and the
         request as it would be sent (a `/local` or `/cloud` prefix stripped)."""
         override, sent = _strip_override(request)
@@ -132,9 +134,11 @@ class HybridBackend:
             max_tokens=sent.sampling.max_tokens,
             continue_from=sent.continue_from,
             override=override,
-            pin=pin,
+            pin=sent.pin,
+            local_only=sent.local_only,
             cloud_missing=self.cloud_missing if self.cloud is None else None,
             cloud_blocked="" if cloud_breaker.allows() else cloud_breaker.reason(),
+            cloud_busy=cloud_breaker.busy_for() > 0,
             local_blocked="" if local_breaker.allows() else local_breaker.reason(),
             local=local_caps,
             local_inflight=self._local_inflight,
@@ -145,33 +149,23 @@ class HybridBackend:
 
     # --- running --------------------------------------------------------------------------
 
-    def stream(
-        self,
-        request: ChatRequest,
-        *,
-        pin: Side | None = None,
-        on_route: RouteCallback | None = None,
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Stream the answer from the side the policy picks, failing over as described in the
-        module docstring. `pin` is the conversation's pin ("local"/"cloud"/None); `on_route`
-        is called with the route as soon as it is decided, and again if the answer moves (for
-        a header that must go out before the first token)."""
-        return self._stream(request, pin, on_route)
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Stream the answer from the side the policy picks (weighing `request.pin` and
+        `request.local_only`), failing over as described in the module docstring: a `Routed`
+        first, then the deltas and the `Final`."""
+        return self._stream(request)
 
-    async def _stream(
-        self, request: ChatRequest, pin: Side | None, on_route: RouteCallback | None
-    ) -> AsyncGenerator[StreamEvent, None]:
-        decision, sent = self.prepare(request, pin=pin)
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        decision, sent = self.prepare(request)
         started = time.perf_counter()
         first_token_at: float | None = None
         text: list[str] = []
+        tokens = 0  # completion tokens streamed so far (an upper bound where unknown)
         side: Side = decision.side
         route = decision.route(self._backend(side).name)
         first_error: BackendError | None = None
         attempt = sent
         while True:
-            if on_route is not None:
-                on_route(route)
             backend, breaker = self._backend(side), self.breakers[side]
             breaker.begin()
             settled = False
@@ -181,8 +175,9 @@ class HybridBackend:
             timed = not on_device or self._local_inflight > 0
             attempt_started, attempt_answered = time.perf_counter(), False
             if on_device:
-                self._local_inflight += 1  # the overflow rule counts these
+                self._local_inflight += 1  # counted from the decision on: the overflow rule
             try:
+                yield Routed(route)
                 async with aclosing(backend.stream(attempt)) as inner:
                     async for event in inner:
                         if isinstance(event, TextDelta):
@@ -194,6 +189,7 @@ class HybridBackend:
                                 )
                             attempt_answered = True
                             text.append(event.text)
+                            tokens += _token_count(event)
                             yield event
                         elif isinstance(event, Final):
                             settled = True
@@ -221,9 +217,13 @@ class HybridBackend:
                 first_error = exc
                 failover = _failover_sentence(side, exc, mid_stream=bool(so_far))
                 if so_far:
-                    # The other side continues the text; it may use what is left of the
-                    # token budget (one delta is about one token: streams send one each).
-                    left = max(1, sent.sampling.max_tokens - len(text))
+                    # The other side continues the text with what is left of the token budget.
+                    left = sent.sampling.max_tokens - tokens
+                    if left < 1:  # the budget is spent: the answer is whole, only its end lost
+                        usage = Usage(prompt_tokens=0, completion_tokens=tokens)
+                        end = Final("length", usage, backend.name, model="", route=route)
+                        yield self._final(end, route, started, first_token_at)
+                        return
                     attempt = replace(
                         sent,
                         continue_from=sent.continue_from + so_far,
@@ -237,7 +237,7 @@ class HybridBackend:
                 if on_device:
                     self._local_inflight -= 1
 
-    def _backend(self, side: Side) -> Backend:
+    def _backend(self, side: Side) -> Service:
         if side == "cloud":
             assert self.cloud is not None  # the policy never picks a cloud that is not there
             return self.cloud
@@ -287,12 +287,34 @@ class HybridBackend:
         that per request)."""
         return self.local.capabilities()
 
+    # --- router.protocol.Lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the cloud side (cheap) and then the device (loads its model; raises its
+        error when it cannot)."""
+        if self.cloud is not None:
+            await self.cloud.start()
+        await self.local.start()
+
+    @property
+    def ready(self) -> bool:
+        """The device is ready (the cloud needs no start)."""
+        return self.local.ready
+
     async def aclose(self) -> None:
         """Close both backends (the hybrid owns what it was given)."""
         for backend in (self.local, self.cloud):
-            closer: Any = getattr(backend, "aclose", None)
-            if closer is not None:
-                await closer()
+            if backend is not None:
+                await backend.aclose()
+
+
+def _token_count(delta: TextDelta) -> int:
+    """The tokens a delta stands for; when the backend does not say, its UTF-8 length (a
+    token holds at least one byte of text): over-counting only ends a continuation early,
+    under-counting would let it run past max_tokens."""
+    if delta.tokens is not None:
+        return delta.tokens
+    return max(1, len(delta.text.encode("utf-8")))
 
 
 def _other(side: Side) -> Side:

@@ -2,6 +2,7 @@
 named in the record, with a sentence a person can read.
 
 1. Hard rules
+   - a local-only conversation (`ChatRequest.local_only`) → device, whatever else is asked
    - mode `local-only` → device
    - a per-message override (`/local`) or the conversation's pin to the device → device
    - privacy: anything the scanner flags (or a scanner failure) → device
@@ -15,7 +16,9 @@ named in the record, with a sentence a person can read.
 3. Complexity: the scorer's value above the threshold → cloud, otherwise → device
 
 A `/cloud` override or a pin is a wish, not a hard rule: privacy and availability come first.
-The per-message override beats the conversation's pin (it is the more specific request).
+The per-message override beats the request's pin (it is the more specific request); nothing
+beats a local-only conversation. Rules are chosen from typed inputs (e.g. `cloud_busy`), never
+by reading the sentences that explain them.
 
 Pure and fast: no I/O; the hybrid backend gathers the inputs (`RoutingInput`) and acts on the
 `Decision`.
@@ -26,12 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from router.complexity import ComplexityScorer, FeatureScorer
 from router.health import BreakerSettings
 from router.privacy import Finding, PrivacyScanner
-from router.protocol import Capabilities, Message, Route
+from router.protocol import Capabilities, Message, Pin, Route
 
 __all__ = [
     "MODES",
@@ -44,7 +46,7 @@ __all__ = [
     "parse_override",
 ]
 
-Side = Literal["local", "cloud"]
+Side = Pin
 MODES = ("auto", "local-only", "cloud-preferred")
 DEVICE = "on this device"
 CLOUD = "cloud"
@@ -95,11 +97,16 @@ class RoutingInput:
     override: Side | None = None
     """From a `/local` or `/cloud` prefix on the last user message."""
     pin: Side | None = None
-    """The conversation's pin."""
+    """The request's pin (router.protocol.ChatRequest.pin): a wish."""
+    local_only: bool = False
+    """The conversation must stay on this device (ChatRequest.local_only): a hard rule."""
     cloud_missing: str | None = None
     """Why there is no usable cloud at all ("no cloud configured"), or None."""
     cloud_blocked: str = ""
     """Why the cloud may not be used now (its breaker's reason), or ""."""
+    cloud_busy: bool = False
+    """The cloud is blocked because it answered busy (429) and its Retry-After has not passed,
+    rather than because it is failing: decides the rule's name ("cloud-busy" vs "health")."""
     local_blocked: str = ""
     """Why the device may not be used now, or ""."""
     local: Capabilities | None = None
@@ -197,6 +204,10 @@ class RoutingPolicy:
             return Decision("cloud", rule, reason, scores, True)
 
         # 1. hard rules that keep the request on the device
+        if inp.local_only:
+            return local(
+                "pin", f"conversation pinned to this device → {DEVICE}", cloud_allowed=False
+            )
         if s.mode == "local-only":
             return local("mode", f"local-only mode → {DEVICE}", cloud_allowed=False)
         wish = inp.override or inp.pin
@@ -218,7 +229,7 @@ class RoutingPolicy:
         if inp.cloud_missing:
             return local("cloud-unavailable", f"{inp.cloud_missing} → {DEVICE}")
         if inp.cloud_blocked:
-            rule = "cloud-busy" if "busy" in inp.cloud_blocked else "health"
+            rule = "cloud-busy" if inp.cloud_busy else "health"
             return local(rule, f"{inp.cloud_blocked} → {DEVICE}")
         if inp.local_blocked:
             return cloud("health", f"{inp.local_blocked} → {CLOUD}")

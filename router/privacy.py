@@ -20,7 +20,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from router.protocol import Message
+from router.protocol import Message, TandemError
 
 __all__ = [
     "KIND_LABELS",
@@ -44,7 +44,7 @@ KIND_LABELS: dict[str, str] = {
 }
 
 
-class PrivacyConfigError(ValueError):
+class PrivacyConfigError(TandemError, ValueError):
     """A user privacy pattern is not a valid regular expression."""
 
 

@@ -1,13 +1,25 @@
 """The contract every backend speaks: the local engine, the cloud client and the hybrid router.
 
 A backend turns a `ChatRequest` into a stream of events: zero or more `TextDelta`s followed by
-exactly one `Final` record, then nothing. The consumer may stop early by closing the stream
-(`await stream.aclose()`, or leaving an `async with contextlib.aclosing(...)` block); the
-backend must then cancel the generation and free its slot. A failure is raised from the stream
-as one of the typed errors below, possibly after some deltas (a mid-stream failure): the router
-keeps the text it already has and may continue elsewhere.
+exactly one `Final` record, then nothing. A routing backend (router.hybrid) also yields a
+`Routed` event before the first delta, saying where the answer goes and why, and another one
+if the answer moves to the other side mid-stream; plain backends (the local engine, the cloud
+client) need not yield any, and consumers must not wait for one. The consumer may stop early
+by closing the stream (`await stream.aclose()`, or leaving an `async with
+contextlib.aclosing(...)` block); the backend must then cancel the generation and free its
+slot. A failure is raised from the stream as one of the typed errors (router.errors), possibly
+after some deltas (a mid-stream failure): the router keeps the text it already has and may
+continue elsewhere.
 
-Errors, as a tree::
+The request carries everything a backend or router needs to decide: the sampling, the adapter,
+the conversation id (for KV-cache reuse), a pin to one side (`pin`, a wish the router weighs)
+and `local_only` (the conversation's promise to stay on this device: a hard rule).
+
+Besides `Backend` (stream, health, capabilities), the parts the app owns speak `Lifecycle`
+(start, ready, aclose): the local engine, the cloud client and the hybrid backend. `Service`
+is both.
+
+Errors, as a tree (all of tandem's errors hang from `TandemError`; see router.errors)::
 
     BackendError                 any failure a caller can act on; `str()` is a sentence for a person
     ├── Unavailable              cannot be reached, crashed, connection lost, not loaded
@@ -27,6 +39,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from router.errors import (
+    BackendError,
+    ContextTooLong,
+    InvalidRequest,
+    ModelError,
+    Overloaded,
+    ProtocolViolation,
+    TandemError,
+    Unauthorized,
+    Unavailable,
+)
+
 __all__ = [
     "Backend",
     "BackendError",
@@ -36,15 +60,21 @@ __all__ = [
     "Final",
     "FinishReason",
     "Health",
+    "InvalidRequest",
+    "Lifecycle",
     "Load",
     "Message",
     "ModelError",
     "Overloaded",
+    "Pin",
     "ProtocolViolation",
     "Role",
     "Route",
+    "Routed",
     "Sampling",
+    "Service",
     "StreamEvent",
+    "TandemError",
     "TextDelta",
     "Unauthorized",
     "Unavailable",
@@ -56,6 +86,9 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant", "tool")
 FinishReason = Literal["stop", "length", "cancelled"]
+Pin = Literal["local", "cloud"]
+"""A side of the router: this device or the cloud."""
+PINS: tuple[Pin, ...] = ("local", "cloud")
 
 
 # --- the request ----------------------------------------------------------------------------
@@ -70,7 +103,7 @@ class Message:
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ValueError(f"unknown role {self.role!r}; expected one of {', '.join(ROLES)}")
+            raise InvalidRequest(f"unknown role {self.role!r}; expected one of {', '.join(ROLES)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +119,13 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
+            raise InvalidRequest("max_tokens must be at least 1")
         if self.temperature < 0:
-            raise ValueError("temperature must not be negative")
+            raise InvalidRequest("temperature must not be negative")
         if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise InvalidRequest("top_p must be in (0, 1]")
         if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
+            raise InvalidRequest("stop strings must not be empty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +142,22 @@ class ChatRequest:
     """Assistant text already produced (elsewhere): the backend continues it, and its deltas
     hold only the new text. Used when an answer moves from one side to the other mid-stream."""
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pin: Pin | None = None
+    """The side the user asked for ("local", "cloud") or None: the router decides. A wish: the
+    router still puts privacy and availability first, and says so in the route."""
+    local_only: bool = False
+    """The conversation is pinned to this device: a hard rule of the router, above the mode,
+    a `/cloud` prefix and `pin`. Nothing of it is sent to the cloud, not even on failover."""
 
     def __post_init__(self) -> None:
+        if self.pin is not None and self.pin not in PINS:
+            raise InvalidRequest(f"pin must be 'local', 'cloud' or None, not {self.pin!r}")
+        if self.local_only and self.pin == "cloud":
+            raise InvalidRequest("a local-only conversation cannot be pinned to the cloud")
         if not self.messages:
-            raise ValueError("a request needs at least one message")
+            raise InvalidRequest("a request needs at least one message")
         if self.messages[-1].role == "assistant":
-            raise ValueError("the last message is the assistant's; use continue_from instead")
+            raise InvalidRequest("the last message is the assistant's; use continue_from instead")
 
 
 # --- the stream -----------------------------------------------------------------------------
@@ -125,6 +168,10 @@ class TextDelta:
     """A piece of the answer, in order. Never empty."""
 
     text: str
+    tokens: int | None = None
+    """How many completion tokens this piece stands for, when the backend knows (a piece may
+    hold several: speculative decoding, a cloud chunk). The router counts these to keep a
+    continued answer within max_tokens; None: unknown (the router assumes the worst)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +208,15 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Routed:
+    """Where the answer goes and why, before its first delta (and again, with
+    `route.failover` set, when it moves to the other side). Yielded by routing backends only;
+    the `Final` carries the same route at the end."""
+
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
 class Final:
     """The last event of every stream."""
 
@@ -172,7 +228,7 @@ class Final:
     route: Route | None = None
 
 
-StreamEvent = TextDelta | Final
+StreamEvent = TextDelta | Routed | Final
 
 
 # --- the backend ----------------------------------------------------------------------------
@@ -205,6 +261,8 @@ class Health:
     ok: bool
     detail: str = ""
     checked_at: float = field(default_factory=time.monotonic)
+    error: BackendError | None = None
+    """The typed error behind a failed check, when there is one (e.g. Unauthorized)."""
 
 
 @runtime_checkable
@@ -222,57 +280,29 @@ class Backend(Protocol):
     def capabilities(self) -> Capabilities: ...
 
 
-# --- errors ---------------------------------------------------------------------------------
+@runtime_checkable
+class Lifecycle(Protocol):
+    """What the app does with the parts it owns: start them, ask whether they are ready,
+    close them. The local engine, the cloud client and the hybrid backend speak it."""
+
+    async def start(self) -> None:
+        """Get ready to answer (load the model...); idempotent: later calls return at once,
+        or raise the error the first one raised."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """True once `start()` has finished and the part can answer."""
+        ...
+
+    async def aclose(self) -> None:
+        """Free what `start()` took; open streams end with Unavailable. Idempotent."""
+        ...
 
 
-class BackendError(Exception):
-    """A failure the caller can act on. The message is one sentence for a person."""
-
-    def __init__(self, message: str, *, backend: str = "") -> None:
-        super().__init__(message)
-        self.backend = backend
-
-
-class Unavailable(BackendError):
-    """Cannot be reached, crashed, lost the connection, or is not loaded."""
-
-
-class Unauthorized(BackendError):
-    """The API key was refused."""
-
-
-class Overloaded(BackendError):
-    """Too busy to take the request now."""
-
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, backend: str = ""
-    ) -> None:
-        super().__init__(message, backend=backend)
-        self.retry_after = retry_after
-
-
-class ContextTooLong(BackendError):
-    """The prompt plus the requested tokens do not fit the context window."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        prompt_tokens: int | None = None,
-        context_window: int | None = None,
-        backend: str = "",
-    ) -> None:
-        super().__init__(message, backend=backend)
-        self.prompt_tokens = prompt_tokens
-        self.context_window = context_window
-
-
-class ModelError(BackendError):
-    """The model failed: out of memory, corrupt weights, an adapter that does not fit."""
-
-
-class ProtocolViolation(AssertionError):
-    """A backend broke the stream contract (a bug in that backend, not a user error)."""
+@runtime_checkable
+class Service(Backend, Lifecycle, Protocol):
+    """A backend with a lifecycle: what the app composes and the hybrid backend wraps."""
 
 
 # --- helpers every consumer needs -----------------------------------------------------------
@@ -280,8 +310,9 @@ class ProtocolViolation(AssertionError):
 
 async def checked(stream: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEvent, None]:
     """Pass events through, raising ProtocolViolation if the stream breaks the contract:
-    an empty delta, an event after the Final, a stream that ends without a Final."""
-    final_seen = False
+    an empty delta, a `Routed` after the first delta without a failover, an event after the
+    Final, a stream that ends without a Final."""
+    final_seen = text_seen = False
     try:
         async for event in stream:
             if final_seen:
@@ -289,6 +320,12 @@ async def checked(stream: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEv
             if isinstance(event, TextDelta):
                 if not event.text:
                     raise ProtocolViolation("empty text delta")
+                if event.tokens is not None and event.tokens < 0:
+                    raise ProtocolViolation(f"negative token count: {event!r}")
+                text_seen = True
+            elif isinstance(event, Routed):
+                if text_seen and not event.route.failover:
+                    raise ProtocolViolation("a route after the first delta that is no failover")
             elif isinstance(event, Final):
                 final_seen = True
             else:
@@ -303,13 +340,13 @@ async def checked(stream: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEv
 
 
 async def collect(stream: AsyncIterator[StreamEvent]) -> tuple[str, Final]:
-    """Run a stream to its end: the whole text and the final record."""
+    """Run a stream to its end: the whole text and the final record (routes are in it)."""
     parts: list[str] = []
     final: Final | None = None
     async for event in checked(stream):
         if isinstance(event, TextDelta):
             parts.append(event.text)
-        else:
+        elif isinstance(event, Final):
             final = event
     assert final is not None  # checked() guarantees it
     return "".join(parts), final

@@ -35,6 +35,7 @@ from router.protocol import (
     Routed,
     Sampling,
     StreamEvent,
+    TandemError,
     TextDelta,
     Unauthorized,
 )
@@ -52,7 +53,7 @@ ROUTE_HEADER = "x-tandem-route"
 PIN_HEADER = "x-tandem-pin"
 
 
-class BadRequest(ValueError):
+class BadRequest(TandemError, ValueError):
     """The request body is not a chat completion request tandem can serve."""
 
 

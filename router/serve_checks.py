@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from router.errors import TandemError
+
 __all__ = ["MAX_MESSAGES", "FieldError", "check_chat_body", "parse_json"]
 
 MAX_MESSAGES = 2048
@@ -25,7 +27,7 @@ MAX_TOKENS = 131072
 SEED_LIMIT = 2**63  # vLLM takes an int64, MLX an unsigned 64-bit seed: [0, 2**63) fits both
 
 
-class FieldError(ValueError):
+class FieldError(TandemError, ValueError):
     """A body field tandem cannot accept; `param` names it (OpenAI's error `param`)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:

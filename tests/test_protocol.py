@@ -123,3 +123,41 @@ def test_requests_are_checked_when_made() -> None:
 def test_each_request_gets_its_own_id() -> None:
     messages = (Message("user", "hi"),)
     assert ChatRequest(messages).request_id != ChatRequest(messages).request_id
+
+
+async def test_a_route_may_come_before_the_first_delta_and_again_only_as_a_failover() -> None:
+    from router.protocol import Route, Routed
+
+    first = Routed(Route("cloud", "complexity", "hard question → cloud"))
+    moved = Routed(Route("local", "complexity", "hard", failover="continued on this device"))
+    text, final = await collect(_stream(first, TextDelta("Hel"), moved, TextDelta("lo"), FINAL))
+    assert (text, final) == ("Hello", FINAL)  # collect() skips routes
+    with pytest.raises(ProtocolViolation, match="no failover"):
+        await collect(_stream(first, TextDelta("Hel"), first, FINAL))
+    with pytest.raises(ProtocolViolation, match="after the final"):
+        await collect(_stream(FINAL, first))
+
+
+def test_the_pin_and_the_local_only_promise_travel_in_the_request() -> None:
+    from router.protocol import InvalidRequest
+
+    messages = (Message("user", "hi"),)
+    assert ChatRequest(messages, pin="cloud").pin == "cloud"
+    assert ChatRequest(messages, local_only=True, pin="local").local_only
+    with pytest.raises(InvalidRequest, match="local-only"):
+        ChatRequest(messages, local_only=True, pin="cloud")
+    with pytest.raises(InvalidRequest, match="pin"):
+        ChatRequest(messages, pin="moon")  # type: ignore[arg-type]
+
+
+def test_a_delta_may_say_how_many_tokens_it_holds() -> None:
+    assert TextDelta("abc").tokens is None  # unknown unless the backend says
+    assert TextDelta("abc", tokens=3).tokens == 3
+
+
+def test_every_error_of_the_contract_hangs_from_tandem_error() -> None:
+    from router.protocol import InvalidRequest, TandemError
+
+    for cls in (BackendError, ProtocolViolation, InvalidRequest):
+        assert issubclass(cls, TandemError)
+    assert issubclass(InvalidRequest, ValueError)  # `except ValueError` still catches it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from router.protocol import (
     ModelError,
     Overloaded,
     Route,
+    Routed,
     StreamEvent,
     TextDelta,
     Unauthorized,
@@ -75,7 +77,7 @@ class Scripted:
                 if failing and i == self.fail_after:
                     assert self.fail_with is not None
                     raise self.fail_with
-                yield TextDelta(piece)
+                yield TextDelta(piece, tokens=1)  # one token per piece, as the fake says
             yield Final("stop", Usage(3, len(pieces)), self.name, f"{self.name}-model")
         finally:
             self.open_streams -= 1
@@ -98,8 +100,18 @@ def _split(text: str) -> list[str]:
     return [*out, word] if word else out
 
 
-def _request(text: str = "What is the capital of France?") -> ChatRequest:
-    return ChatRequest((Message("user", text),))
+def _request(text: str = "What is the capital of France?", **fields: Any) -> ChatRequest:
+    return ChatRequest((Message("user", text),), **fields)
+
+
+async def _with_routes(
+    stream: AsyncGenerator[StreamEvent, None], routes: list[Route]
+) -> AsyncGenerator[StreamEvent, None]:
+    """`stream` with its `Routed` events appended to `routes` (and still passed on)."""
+    async for event in stream:
+        if isinstance(event, Routed):
+            routes.append(event.route)
+        yield event
 
 
 CLOUD_FIRST = RouterSettings(mode="cloud-preferred")
@@ -122,7 +134,7 @@ async def test_cloud_failing_mid_stream_is_continued_on_the_device_without_loss(
     cloud = Scripted("cloud", fail_with=Unavailable("connection lost"), fail_after=3)
     routes: list[Route] = []
     hybrid = HybridBackend(local, cloud, CLOUD_FIRST)
-    text, final = await collect(hybrid.stream(_request(), on_route=routes.append))
+    text, final = await collect(_with_routes(hybrid.stream(_request()), routes))
     assert text == "".join(ANSWER)  # nothing lost, nothing repeated
     assert local.requests[0].continue_from == "The capital of "
     assert local.requests[0].sampling.max_tokens == 512 - 3  # the rest of the budget
@@ -189,6 +201,8 @@ async def test_closing_the_hybrid_stream_closes_the_inner_stream() -> None:
     hybrid = HybridBackend(local, cloud, CLOUD_FIRST)
     async with aclosing(hybrid.stream(_request())) as stream:
         async for event in stream:
+            if isinstance(event, Routed):
+                continue  # where it goes comes first, before the cloud is asked
             assert isinstance(event, TextDelta)
             assert cloud.open_streams == 1
             break
@@ -206,7 +220,7 @@ async def test_the_override_prefix_is_stripped_before_sending() -> None:
 async def test_pin_is_per_call() -> None:
     local, cloud = Scripted("local"), Scripted("cloud")
     hybrid = HybridBackend(local, cloud)
-    _, final = await collect(hybrid.stream(_request(), pin="cloud"))
+    _, final = await collect(hybrid.stream(_request(pin="cloud")))
     assert final.route is not None and (final.route.backend, final.route.rule) == ("cloud", "pin")
     _, final = await collect(hybrid.stream(_request()))
     assert final.route is not None and final.route.backend == "local"
@@ -281,7 +295,8 @@ async def test_requests_in_flight_on_the_device_overflow_to_the_cloud() -> None:
     hybrid = HybridBackend(local, cloud, RouterSettings(max_local_inflight=2))
     streams = [hybrid.stream(_request()) for _ in range(3)]
     firsts = [await anext(s) for s in streams]
-    assert all(isinstance(e, TextDelta) for e in firsts)
+    # Each says where it goes before its first token; the third sees two in progress.
+    assert [e.route.backend for e in firsts if isinstance(e, Routed)] == ["local", "local", "cloud"]
     finals = []
     for s in streams:
         _, final = await collect(s)

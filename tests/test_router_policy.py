@@ -113,8 +113,26 @@ def test_an_open_cloud_circuit_or_a_busy_cloud_keeps_requests_on_the_device() ->
         "health",
         "the cloud is failing (connection lost) → on this device",
     )
-    inp = _input(HARD, cloud_blocked="the cloud is busy (try again in 12 s)")
+    inp = _input(HARD, cloud_blocked="the cloud is busy (try again in 12 s)", cloud_busy=True)
     assert _decide(inp)[:2] == ("local", "cloud-busy")
+
+
+def test_the_rule_comes_from_typed_inputs_not_from_the_words_of_the_reason() -> None:
+    # A failing cloud whose error sentence happens to say "busy" is still a health matter.
+    inp = _input(HARD, cloud_blocked="the cloud is failing (the line is busy)")
+    assert _decide(inp)[:2] == ("local", "health")
+    inp = _input(HARD, cloud_blocked="the cloud is resting", cloud_busy=True)
+    assert _decide(inp)[:2] == ("local", "cloud-busy")
+
+
+def test_a_local_only_conversation_is_a_hard_rule_above_every_wish() -> None:
+    for kw in ({"override": "cloud"}, {"pin": "cloud"}, {"override": "cloud", "pin": "cloud"}):
+        d = RoutingPolicy(RouterSettings(mode="cloud-preferred")).decide(
+            _input(HARD, local_only=True, **kw)
+        )
+        assert (d.side, d.rule) == ("local", "pin"), kw
+        assert d.reason == "conversation pinned to this device → on this device"
+        assert not d.cloud_allowed  # no failover to the cloud either
 
 
 def test_an_open_device_circuit_sends_to_the_cloud() -> None:

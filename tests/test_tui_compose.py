@@ -46,7 +46,7 @@ def test_without_a_model_the_error_says_how_to_choose_one() -> None:
 def test_the_device_alone_sits_behind_the_router(test_models: Any) -> None:
     comp = build_composition(Config(), model=str(test_models.target))
     assert isinstance(comp.local, LocalEngine) and not comp.local.ready  # not loaded yet
-    assert isinstance(comp.backend, HybridBackend) and comp.hybrid
+    assert isinstance(comp.backend, HybridBackend)
     assert comp.cloud is None and comp.notes == []
     assert comp.model_label == "target"
 

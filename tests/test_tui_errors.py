@@ -47,6 +47,12 @@ class FailingBackend:
     def capabilities(self) -> Capabilities:
         return Capabilities("fake", 4096)
 
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
 
 ERRORS: list[tuple[BackendError, str]] = [
     (Unavailable("cloud connection lost", backend="cloud"), "Not reachable (cloud)"),
@@ -62,7 +68,7 @@ async def test_each_error_class_is_one_clear_line_and_the_history_stays(
     error: BackendError, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
-    app = make_app(FailingBackend(error), hybrid=False)
+    app = make_app(FailingBackend(error))
     async with app.run_test(size=(110, 32)) as pilot:
         stored = await answer(pilot, "Hello?")
         assert stored.status == "error"

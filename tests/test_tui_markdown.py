@@ -64,6 +64,12 @@ class MarkdownBackend:
     def capabilities(self) -> Capabilities:
         return Capabilities("markdown", 4096)
 
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
 
 def rendered(markdown: StreamedMarkdown) -> list[Strip]:
     """The lines the answer's pieces draw on screen, top to bottom."""
@@ -79,7 +85,7 @@ async def test_the_final_render_has_every_token_and_the_code_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
-    app = make_app(MarkdownBackend(ANSWER), hybrid=False)
+    app = make_app(MarkdownBackend(ANSWER))
     async with app.run_test(size=(110, 40)) as pilot:
         stored = await answer(pilot, "Write code.")
         await pilot.pause()
@@ -100,7 +106,7 @@ async def test_a_long_answer_is_split_only_between_whole_blocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
-    app = make_app(MarkdownBackend(LONG_ANSWER), hybrid=False)
+    app = make_app(MarkdownBackend(LONG_ANSWER))
     async with app.run_test(size=(110, 40)) as pilot:
         await answer(pilot, "Write a long answer.")
         await pilot.pause()

@@ -67,16 +67,20 @@ class Throttled:
 
 
 def make_app(
-    backend: Any, *, max_tokens: int = 48, cloud: Any = None, hybrid: bool = True
+    backend: Any,
+    *,
+    max_tokens: int = 48,
+    cloud: Any = None,
+    config: Config | None = None,
 ) -> TandemApp:
-    """The chat app on `backend` as the device side (behind the router's HybridBackend unless
-    `hybrid` is False), its store in $TANDEM_HOME (the test sets it)."""
+    """The chat app on `backend` as the device side (behind the router's HybridBackend), its
+    store in $TANDEM_HOME (the test sets it). `config` replaces the default
+    `Config(max_tokens=max_tokens)`."""
     store = Store.open(paths().database)
-    routed = HybridBackend(backend, cloud) if hybrid else backend
-    composition = Composition(
-        backend=routed, local=backend, cloud=cloud, hybrid=hybrid, model_label="target"
-    )
-    return TandemApp(store=store, config=Config(max_tokens=max_tokens), composition=composition)
+    routed = HybridBackend(backend, cloud)
+    composition = Composition(backend=routed, local=backend, cloud=cloud, model_label="target")
+    config = config or Config(max_tokens=max_tokens)
+    return TandemApp(store=store, config=config, composition=composition)
 
 
 async def until(pilot: Pilot[Any], condition: Any, timeout: float = 60.0) -> None:

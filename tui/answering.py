@@ -4,24 +4,21 @@ one-line message for each error class, and saving partial text at least once a s
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from router.protocol import (
     BackendError,
     ChatRequest,
     ContextTooLong,
-    Final,
     Message,
     ModelError,
     Overloaded,
-    Route,
     Sampling,
     Unauthorized,
     Unavailable,
 )
 from tui.store import Conversation, Store, StoredMessage
 
-__all__ = ["PartialSaver", "build_request", "describe_error", "with_route"]
+__all__ = ["PartialSaver", "build_request", "describe_error"]
 
 SAVE_EVERY_S = 0.5
 """Partial answers are written at least this often while text arrives (the issue asks ≤ 1 s)."""
@@ -67,14 +64,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, BackendError):
         return f"The answer failed{where}: {exc}."
     return f"Unexpected error ({type(exc).__name__}: {exc}); the conversation is saved."
-
-
-def with_route(final: Final, *, rule: str, reason: str) -> Final:
-    """`final`, with a route record filled in when the backend gave none (no router, or a side
-    the user pinned)."""
-    if final.route is not None:
-        return final
-    return replace(final, route=Route(backend=final.backend, rule=rule, reason=reason))
 
 
 class PartialSaver:

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, cast
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -24,14 +23,12 @@ from router.protocol import (
     Backend,
     BackendError,
     ChatRequest,
-    Final,
     Overloaded,
-    Route,
+    Pin,
     StreamEvent,
     Unauthorized,
     Unavailable,
 )
-from tui.answering import with_route
 from tui.collector import freeze_long_lived
 from tui.compose import ComposeError, Composition, build_composition, router_settings
 from tui.config import Config, save_config
@@ -41,10 +38,6 @@ from tui.screens.settings import SettingsScreen
 from tui.store import Conversation, Store
 from tui.threads import in_daemon_thread
 from tui.widgets.status import StatusBar
-
-if TYPE_CHECKING:
-    from router.hybrid import HybridBackend
-    from router.policy import Side
 
 __all__ = ["TandemApp"]
 
@@ -130,8 +123,7 @@ class TandemApp(App[None]):
                 for note in self.composition.notes:
                     self.notify(note, timeout=8)
             self.backend_built.set()
-            if not getattr(self.composition.local, "ready", True):
-                await self.composition.start()
+            await self.composition.start()  # returns at once when already started
             self.local_state = "ready"
             if self.composition.cloud is not None:
                 self.cloud_state = "connecting…"
@@ -167,8 +159,7 @@ class TandemApp(App[None]):
             self.cloud_state = "not used (local-only)"
         else:
             self.cloud_state = await _cloud_state(cloud)
-            breakers = getattr(comp.backend if comp else None, "breakers", {})
-            breaker = breakers.get("cloud")
+            breaker = comp.backend.breakers["cloud"] if comp else None
             if breaker is not None and not breaker.allows():
                 self.cloud_state = "circuit open"
         self.refresh_status()
@@ -224,53 +215,21 @@ class TandemApp(App[None]):
         return None
 
     async def stream_answer(
-        self,
-        conv: Conversation,
-        request: ChatRequest,
-        side: str | None,
-        on_route: Callable[[Route], None] | None = None,
+        self, conv: Conversation, request: ChatRequest, side: str | None
     ) -> AsyncGenerator[StreamEvent, None]:
-        """The answer's events from the right backend: the router, with the conversation's
-        local-only pin or the side the user asked for ("regenerate on the other side"); the
-        router still puts privacy and availability first, and its route record says why."""
+        """The answer's events from the router, with the conversation's local-only pin (a hard
+        rule of the router) or the side the user asked for ("regenerate on the other side");
+        the router still puts privacy and availability first, and its `Routed` says why."""
         if self.boot_error or self.composition is None:
             raise Unavailable(self.boot_error or "The model is not loaded.", backend="local")
-        comp = self.composition
-        if conv.local_only:
-            # A promise to the user, so enforced here rather than asked of the router (where
-            # a `/cloud` prefix would outrank a pin): the router is not even consulted.
-            side = "local"
-            request = _without_override(request)
         problem = self.cannot_pin(side, conv) if side else None
         if problem:
             raise Unavailable(problem, backend=side or "")
-        if comp.hybrid and not conv.local_only:
-            hybrid = cast("HybridBackend", comp.backend)
-            pin = cast("Side | None", side)
-            routed = hybrid.stream(request, pin=pin, on_route=on_route)
-            try:
-                async for event in routed:
-                    yield event
-            finally:
-                await routed.aclose()
-            return
-        if conv.local_only:
-            backend, rule, reason = comp.local, "pin", "conversation pinned to this device"
-        elif side == "local":
-            backend, rule, reason = comp.local, "pin", "pinned to this device by you"
-        elif side == "cloud":
-            assert comp.cloud is not None
-            backend, rule, reason = comp.cloud, "pin", "sent to the cloud by you"
-        else:
-            backend, rule, reason = comp.backend, "direct", "the only backend configured"
-        stream = backend.stream(request)
-        try:
-            async for event in stream:
-                if isinstance(event, Final):
-                    event = with_route(event, rule=rule, reason=reason)
+        pin: Pin | None = "cloud" if side == "cloud" else "local" if side == "local" else None
+        request = replace(request, pin=None if conv.local_only else pin, local_only=conv.local_only)
+        async with contextlib.aclosing(self.composition.backend.stream(request)) as events:
+            async for event in events:
                 yield event
-        finally:
-            await stream.aclose()
 
     # --- app-wide actions ---
 
@@ -290,9 +249,9 @@ class TandemApp(App[None]):
             self.config = config
             self.notify("Settings saved.")
             comp = self.composition
-            if comp is not None and comp.hybrid:
+            if comp is not None:
                 # Mode, threshold and privacy terms apply from the next answer on.
-                cast("HybridBackend", comp.backend).configure(router_settings(config))
+                comp.backend.configure(router_settings(config))
             if cloud_changed or (changed_backend and comp is not None and comp.cloud is None):
                 self.notify("Cloud settings changed: restart tandem to connect.", timeout=8)
             self.refresh_status()
@@ -364,7 +323,7 @@ class TandemApp(App[None]):
     async def on_unmount(self) -> None:
         comp = self.composition
         # Quitting must not wait for a model still loading: the process is ending anyway.
-        if self._owns_composition and comp is not None and getattr(comp.local, "ready", False):
+        if self._owns_composition and comp is not None and comp.backend.ready:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(comp.aclose(), CLOSE_TIMEOUT_S)
 
@@ -374,26 +333,12 @@ async def _cloud_state(cloud: Backend) -> str:
     is not healthy, the typed error of a second look."""
     try:
         health = await cloud.health()
-        if health.ok:
-            return "connected"
-        refresh = getattr(cloud, "refresh_models", None)
-        if refresh is not None:
-            await refresh()
-    except Unauthorized:
-        return "unauthorized"
-    except Overloaded:
-        return "overloaded"
     except Exception:
         return "offline"
+    if health.ok:
+        return "connected"
+    if isinstance(health.error, Unauthorized):
+        return "unauthorized"
+    if isinstance(health.error, Overloaded):
+        return "overloaded"
     return "offline"
-
-
-def _without_override(request: ChatRequest) -> ChatRequest:
-    """`request` without a `/local` or `/cloud` prefix on its last message."""
-    from router.policy import parse_override
-
-    last = request.messages[-1]
-    side, text = parse_override(last.content)
-    if side is None:
-        return request
-    return replace(request, messages=(*request.messages[:-1], replace(last, content=text)))

@@ -11,16 +11,19 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from router.protocol import Backend
+from router.protocol import Service, TandemError
 from tui.config import Config
+
+if TYPE_CHECKING:
+    from router.hybrid import HybridBackend
 from tui.paths import paths
 
 __all__ = ["ComposeError", "Composition", "build_composition", "router_settings"]
 
 
-class ComposeError(Exception):
+class ComposeError(TandemError):
     """The config does not describe a backend tandem can build (e.g. no model)."""
 
 
@@ -28,28 +31,23 @@ class ComposeError(Exception):
 class Composition:
     """What the chat runs on: `backend` is the one it streams from."""
 
-    backend: Backend
-    local: Any
-    """The LocalEngine (has start(), ready, aclose())."""
-    cloud: Backend | None = None
-    hybrid: bool = False
-    """True when `backend` is the router's HybridBackend (can pin a side per request)."""
+    backend: HybridBackend
+    """The router over `local` and `cloud`; it owns both (starts and closes them)."""
+    local: Service
+    """The device's engine (a LocalEngine, or what a test injects)."""
+    cloud: Service | None = None
     notes: list[str] = field(default_factory=list)
     """Lines for the transcript, e.g. why the cloud is off."""
     model_label: str = ""
 
     async def start(self) -> None:
         """Load the local model (returns when it is ready)."""
-        await self.local.start()
+        await self.backend.start()
 
     async def aclose(self) -> None:
         """Close what was built (the hybrid backend closes both sides itself)."""
-        parts = [self.backend] if self.hybrid else [self.cloud, self.local]
-        for part in parts:
-            close = getattr(part, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):  # closing must never lose a session
-                    await close()
+        with contextlib.suppress(Exception):  # closing must never lose a session
+            await self.backend.aclose()
 
 
 def _adapter_resolver(model: str) -> Callable[[str], Path]:
@@ -100,7 +98,7 @@ def build_composition(
         adapter_resolver=_adapter_resolver(model),
     )
     notes: list[str] = []
-    cloud: Backend | None = None
+    cloud: Service | None = None
     cloud_missing = "no cloud configured"
     if config.cloud_url:
         from tui.secrets import ENV_VAR, load_api_key
@@ -128,7 +126,6 @@ def build_composition(
         backend=backend,
         local=local,
         cloud=cloud,
-        hybrid=True,
         notes=notes,
         model_label=Path(model).name or str(model),
     )

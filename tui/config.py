@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from router.protocol import TandemError
 from tui.paths import paths
 
 __all__ = ["MODES", "Config", "ConfigError", "load_config", "save_config", "with_overrides"]
@@ -19,7 +20,7 @@ __all__ = ["MODES", "Config", "ConfigError", "load_config", "save_config", "with
 MODES = ("auto", "local-only", "cloud-preferred")
 
 
-class ConfigError(Exception):
+class ConfigError(TandemError):
     """The config file or an environment variable holds a value tandem cannot use."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from router.protocol import TandemError
+
 __all__ = [
     "ENV_VAR",
     "NoKeyring",
@@ -28,7 +30,7 @@ NO_KEYRING_MESSAGE = (
 )
 
 
-class NoKeyring(Exception):
+class NoKeyring(TandemError):
     """No keyring backend exists here; the message says to use the environment variable."""
 
 

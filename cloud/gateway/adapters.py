@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.protocol import TandemError
+
 __all__ = ["AdapterError", "AdapterStore", "BaseShape", "StoredAdapter", "validate_adapter"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
@@ -32,7 +34,7 @@ _KEY_RE = re.compile(
 )
 
 
-class AdapterError(ValueError):
+class AdapterError(TandemError, ValueError):
     """An upload or request the gateway refuses; the message says what to fix."""
 
     def __init__(self, message: str, status: int = 400) -> None:

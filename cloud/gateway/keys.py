@@ -21,13 +21,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from router.protocol import TandemError
+
 __all__ = ["KeyRecord", "KeyStore", "KeyStoreError"]
 
 KEY_PREFIX = "tdm_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class KeyStoreError(ValueError):
+class KeyStoreError(TandemError, ValueError):
     """A key-file operation that cannot be done (bad name, duplicate, unknown)."""
 
 

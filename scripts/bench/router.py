@@ -50,6 +50,7 @@ from router.protocol import (  # noqa: E402
     Final,
     Load,
     Message,
+    Routed,
     Sampling,
     TextDelta,
 )
@@ -208,11 +209,16 @@ async def failover_gap(local: Any, vllm: Any, models: Any, folder: Path, samples
             try:
                 async with CloudClient(gateway.url, gateway.api_key) as client:
                     hybrid = HybridBackend(local, client)
-                    request = ChatRequest((Message("user", RIVER),), Sampling(max_tokens=200))
+                    request = ChatRequest(
+                        (Message("user", RIVER),), Sampling(max_tokens=200), pin="cloud"
+                    )
                     routes: list[Any] = []
                     killed_at: float | None = None
                     seen = 0
-                    async for event in hybrid.stream(request, pin="cloud", on_route=routes.append):
+                    async for event in hybrid.stream(request):
+                        if isinstance(event, Routed):
+                            routes.append(event.route)
+                            continue
                         if not isinstance(event, TextDelta):
                             break
                         seen += 1

@@ -133,6 +133,12 @@ class SyntheticStream:
     def capabilities(self) -> Capabilities:
         return Capabilities("synthetic", 4096)
 
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
 
 def _markdown_tokens(n: int) -> list[str]:
     paragraph = (
@@ -149,6 +155,7 @@ def _markdown_tokens(n: int) -> list[str]:
 
 async def render_lag(tokens: int, rate: float) -> list[float]:
     """Per-token delay (ms) from arrival to the first render that shows it."""
+    from router.hybrid import HybridBackend
     from tui.app import TandemApp
     from tui.compose import Composition
     from tui.config import Config
@@ -171,7 +178,9 @@ async def render_lag(tokens: int, rate: float) -> list[float]:
         app = TandemApp(
             store=Store.open(Path(home) / "c.db"),
             config=Config(max_tokens=tokens + 10),
-            composition=Composition(backend=backend, local=backend, model_label="synthetic"),
+            composition=Composition(
+                backend=HybridBackend(backend, None), local=backend, model_label="synthetic"
+            ),
         )
         next_token = 0
         original_display = app._display

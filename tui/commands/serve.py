@@ -204,7 +204,6 @@ async def _serve(
 ) -> int:
     import uvicorn
 
-    from router.hybrid import HybridBackend
     from router.protocol import BackendError
     from router.serve import create_app
 
@@ -213,10 +212,6 @@ async def _serve(
             if not self.should_exit:
                 _arm_exit_watchdog()
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
-
-    if not isinstance(comp.backend, HybridBackend):
-        print("tandem serve: the router is not installed.", file=sys.stderr)
-        return 1
 
     try:
         await comp.start()

@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.worker import Worker
 
-from router.protocol import Final, Route, TextDelta
+from router.protocol import Final, Routed, TextDelta
 from tui.answering import PartialSaver, build_request, describe_error
 from tui.collector import defer_full_collections
 from tui.export import export_conversation
@@ -187,25 +187,24 @@ class ChatScreen(Screen[None]):
                 if not app.may_use_cloud(conv):
                     await app.backend_ready.wait()
             request = build_request(conv, history, max_tokens=app.config.max_tokens)
-
-            def routed(route: Route) -> None:
-                # Before the first token: where it goes and why; mid-stream: a failover.
-                if route.failover:
-                    view.set_waiting(f"↪ {route.failover}")
-                    return
-                waiting = route.backend == "local" and not app.backend_ready.is_set()
-                view.set_waiting(
-                    (f"{WAITING} " if waiting else "")
-                    + f"→ {side_name(route.backend)}: {route.reason}"
-                )
-
-            stream = app.stream_answer(conv, request, side, on_route=routed)
+            stream = app.stream_answer(conv, request, side)
             async with contextlib.aclosing(stream) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
                         saver.add(event.text)
                         await view.append(event.text)
-                    else:
+                    elif isinstance(event, Routed):
+                        # Before the first token: where it goes and why; mid-stream: a failover.
+                        route = event.route
+                        if route.failover:
+                            view.set_waiting(f"↪ {route.failover}")
+                            continue
+                        waiting = route.backend == "local" and not app.backend_ready.is_set()
+                        view.set_waiting(
+                            (f"{WAITING} " if waiting else "")
+                            + f"→ {side_name(route.backend)}: {route.reason}"
+                        )
+                    elif isinstance(event, Final):
                         final = event
             if final is not None and final.finish_reason == "cancelled":
                 status = "cancelled"
