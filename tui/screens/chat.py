@@ -27,7 +27,7 @@ from tui.collector import defer_full_collections
 from tui.export import export_conversation
 from tui.paths import paths
 from tui.screens.dialogs import Confirm, RouteRecord, SearchDialog, TextPrompt
-from tui.store import Conversation, MessageStatus
+from tui.store import Conversation, MessageStatus, StoredMessage
 from tui.widgets.composer import Composer
 from tui.widgets.sidebar import ConversationList
 from tui.widgets.status import StatusBar
@@ -73,7 +73,9 @@ class ChatScreen(Screen[None]):
         super().__init__()
         self.conversation: Conversation | None = None
         self.answer_worker: Worker[None] | None = None
-        self._editing: int | None = None
+        self._editing: StoredMessage | None = None
+        """The message Ctrl+L put back in the input: sending replaces it (in its own
+        conversation only: message ids are global)."""
 
     @property
     def tandem(self) -> TandemApp:
@@ -112,10 +114,20 @@ class ChatScreen(Screen[None]):
         if conv is None:
             return
         await self.cancel_answer()
+        self._stop_editing()
         self.conversation = conv
         await self.query_one(Transcript).show(self.tandem.store.messages(conv.id))
         self.refresh_sidebar()
         self.tandem.show_pin(conv)
+
+    def _stop_editing(self) -> None:
+        """Forget a Ctrl+L edit (another conversation opens): the next send is a new message,
+        and the edited text leaves the input with its conversation."""
+        editing, self._editing = self._editing, None
+        if editing is not None:
+            composer = self.query_one(Composer)
+            if composer.text == editing.content:
+                composer.text = ""
 
     @on(ConversationList.Opened)
     async def _opened(self, event: ConversationList.Opened) -> None:
@@ -149,9 +161,9 @@ class ChatScreen(Screen[None]):
             return
         store = self.tandem.store
         conv = self.conversation
-        if self._editing is not None:
-            store.delete_messages_from(conv.id, self._editing)
-            self._editing = None
+        editing, self._editing = self._editing, None
+        if editing is not None and editing.conversation_id == conv.id:
+            store.delete_messages_from(conv.id, editing.id)
             await self.query_one(Transcript).show(store.messages(conv.id))
         if conv.title == DEFAULT_TITLE:
             store.update_conversation(conv.id, title=" ".join(text.split())[:48])
@@ -291,7 +303,7 @@ class ChatScreen(Screen[None]):
         composer = self.query_one(Composer)
         composer.text = message.content
         composer.focus()
-        self._editing = message.id
+        self._editing = message
         self.notify("Editing the last message: Enter resends it (its answer is replaced).")
 
     def _copy(self, text: str, what: str) -> None:
