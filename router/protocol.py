@@ -33,6 +33,7 @@ Nothing here imports MLX, httpx or vLLM: the router and the tests read this modu
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -116,16 +117,31 @@ class Sampling:
     stop: tuple[str, ...] = ()
     """Strings that end the answer; the matched stop string is not part of the text."""
     seed: int | None = None
+    """In [0, 2**63): what both engines accept (MLX takes an unsigned 64-bit seed)."""
 
     def __post_init__(self) -> None:
+        # Types too, not only ranges: a backend must never receive a value it cannot use
+        # (a seed "x" once reached mx.random.seed inside a batch and failed every answer in it).
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool):
+            raise InvalidRequest("max_tokens must be an integer")
         if self.max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1")
+        if not isinstance(self.temperature, int | float) or not math.isfinite(self.temperature):
+            raise InvalidRequest("temperature must be a finite number")
         if self.temperature < 0:
             raise InvalidRequest("temperature must not be negative")
-        if not 0 < self.top_p <= 1:
+        if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
             raise InvalidRequest("top_p must be in (0, 1]")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) for s in self.stop):
+            raise InvalidRequest("stop must be a tuple of strings")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop strings must not be empty")
+        if self.seed is not None and (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not 0 <= self.seed < 2**63
+        ):
+            raise InvalidRequest("seed must be an integer from 0 to 2**63 - 1")
 
 
 @dataclass(frozen=True, slots=True)

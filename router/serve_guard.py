@@ -106,7 +106,7 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
     allowed = tuple(o.rstrip("/").lower() for o in config.allowed_origins)
     inner: ASGIApp = app
     if allowed:
-        inner = CORSMiddleware(  # type: ignore[assignment]
+        inner = CORSMiddleware(
             app,
             allow_origins=list(allowed),
             allow_methods=["GET", "POST"],

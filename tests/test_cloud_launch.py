@@ -35,7 +35,9 @@ def test_h100_dry_run_prints_the_expected_flags(capsys: pytest.CaptureFixture[st
     env, argv = _dry_run(capsys, "--model", "Qwen/Qwen3-8B", "--profile", "h100")
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert _value(argv, "--model") == "Qwen/Qwen3-8B"
-    assert _value(argv, "--host") == "127.0.0.1"  # vLLM never binds a public address
+    # vLLM listens on a private Unix socket, on no TCP port at all, and never logs requests
+    assert _value(argv, "--uds").endswith("/vllm.sock") and "--host" not in argv
+    assert "--port" not in argv and "--no-enable-log-requests" in argv
     assert "--enable-prefix-caching" in argv
     assert _value(argv, "--gpu-memory-utilization") == "0.9"
     assert _value(argv, "--kv-cache-dtype") == "fp8"
@@ -151,6 +153,61 @@ def test_a_profile_file_can_be_copied_and_edited(tmp_path: Path) -> None:
         load_profile(str(bad))
     with pytest.raises(LaunchError, match="no profile"):
         load_profile("a100")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'host = "0.0.0.0"',
+        '"host=0.0.0.0" = true',
+        '"--host=0.0.0.0" = true',
+        'HOST = "0.0.0.0"',
+        'ho = "0.0.0.0"',  # argparse takes an abbreviation of --host
+        'served_model_name = "x"',
+        'config = "/tmp/evil.yaml"',
+        'uds = "/tmp/open.sock"',
+        "enable-log-requests = true",
+        "enable_log_outputs = true",
+        'dtype = "--host=0.0.0.0"',
+    ],
+)
+def test_a_profile_cannot_move_vllm_or_log_prompts_in_any_spelling(
+    tmp_path: Path, line: str
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[vllm]\n{line}\n")
+    with pytest.raises(LaunchError):
+        load_profile(str(bad))
+
+
+@pytest.mark.parametrize(
+    "env", ['VLLM_LOGGING_LEVEL = "debug"', 'VLLM_DEBUG_LOG_API_SERVER_RESPONSE = "1"']
+)
+def test_a_profile_cannot_turn_on_prompt_logging_in_the_environment(
+    tmp_path: Path, env: str
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[env]\n{env}\n")
+    with pytest.raises(LaunchError, match="must not|logs prompt"):
+        load_profile(str(bad))
+
+
+def test_extra_vllm_arguments_cannot_move_vllm_either() -> None:
+    for arg in ("--host=0.0.0.0", "--port", "--Served_Model_Name=x", "--enable-log-requests"):
+        with pytest.raises(LaunchError):
+            build_vllm_command(
+                LaunchOptions(model="m", extra_args=(arg,)), load_profile("cpu")
+            )
+
+
+def test_cloud_serve_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "cloud", "serve", "--model", str(tmp_path),
+         "--profile", "cpu", "--host", "0.0.0.0", "--keys-file", str(tmp_path / "k.json")],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--insecure-http" in result.stderr and "--tls-cert" in result.stderr
 
 
 def test_keys_are_stored_hashed_in_a_private_file(tmp_path: Path) -> None:

@@ -112,7 +112,10 @@ def build_composition(
             from cloud.trust import TrustError
 
             try:
-                cloud = CloudClient(config.cloud_url, api_key, ca_file=config.cloud_ca_file or None)
+                cloud = CloudClient(
+                    config.cloud_url, api_key, ca_file=config.cloud_ca_file or None,
+                    allow_http=config.cloud_allow_http,
+                )  # fmt: skip
             except TrustError as exc:
                 cloud_missing = "the cloud's CA file cannot be used"
                 notes.append(f"Cloud off: {exc}; fix it in Settings (F3).")

@@ -39,6 +39,9 @@ class Config:
     cloud_ca_file: str = ""
     """PEM certificate of the CA that signed a self-hosted gateway's certificate, trusted
     besides the system's CAs. Empty: the system's CAs only."""
+    cloud_allow_http: bool = False
+    """Allow an http:// cloud_url on another machine (the key and prompts cross the network in
+    the clear): only for a gateway reached through a tunnel or VPN you trust."""
     complexity_threshold: float = 0.6
     """Requests scoring above this go to the cloud (set by `tandem router calibrate`)."""
     privacy_terms: list[str] = field(default_factory=list)
@@ -65,6 +68,10 @@ def _coerce(name: str, value: str, kind: Any) -> Any:
             return int(value)
         if kind in (float, "float"):
             return float(value)
+        if kind in (bool, "bool"):
+            if value.strip().lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+                raise ValueError("use true or false")
+            return value.strip().lower() in ("1", "true", "yes")
         if kind in (list[str], "list[str]"):
             return [v.strip() for v in value.split(",") if v.strip()]
     except ValueError as exc:
@@ -103,8 +110,10 @@ def save_config(config: Config, path: Path | None = None) -> None:
         for f in fields(Config)
         if getattr(config, f.name) != getattr(defaults, f.name)
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(data))
+    from tui.paths import private_dir, write_private
+
+    private_dir(path.parent)  # 0700
+    write_private(path, tomli_w.dumps(data))  # 0600: it holds the privacy terms
 
 
 def with_overrides(

@@ -71,9 +71,11 @@ def export_conversation(store: Store, conversation_id: str, folder: Path) -> tup
     if conv is None:
         raise KeyError(conversation_id)
     messages = store.messages(conversation_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    from tui.paths import private_dir, write_private
+
+    private_dir(folder)  # a folder tandem makes is 0700; an existing one keeps its mode
     stem = f"{_slug(conv.title)}-{conv.id[:8]}"
     md, js = folder / f"{stem}.md", folder / f"{stem}.json"
-    md.write_text(to_markdown(conv, messages))
-    js.write_text(to_json(conv, messages))
+    write_private(md, to_markdown(conv, messages))  # 0600: a conversation is private
+    write_private(js, to_json(conv, messages))
     return md, js

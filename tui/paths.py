@@ -6,11 +6,12 @@ a temporary folder). Nothing here creates a folder until asked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Paths", "paths"]
+__all__ = ["Paths", "paths", "private_dir", "write_private"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,29 @@ class Paths:
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def private_dir(path: Path) -> Path:
+    """Make `path` (and any missing parents) as folders only this user can enter (0700).
+    Folders that exist already keep their mode: they may be the user's own."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only this user can read (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its old mode through os.open
 
 
 def paths() -> Paths:

@@ -34,6 +34,20 @@ __all__ = [
 MessageStatus = Literal["complete", "streaming", "cancelled", "incomplete", "error"]
 
 
+def _private_database(path: Path) -> None:
+    """The conversations are the user's alone: the folder 0700, the file and its -wal/-shm
+    0600 (SQLite gives those the database file's mode; older files are tightened too)."""
+    import os
+
+    from tui.paths import private_dir
+
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            os.chmod(file, 0o600)
+
+
 @dataclass(slots=True)
 class Conversation:
     id: str
@@ -136,7 +150,7 @@ class Store:
         answers a previous run left streaming as incomplete."""
         if path is not None:
             path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_database(path)
         db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

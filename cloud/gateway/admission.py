@@ -7,6 +7,10 @@ state already in memory, so a rejection costs microseconds:
   (`vllm:num_requests_waiting`) and KV cache usage (`vllm:kv_cache_usage_perc`);
 - the gateway's in-flight count (sent upstream, not finished): it reacts before the next poll;
 - per key: a concurrency limit and a token bucket (rate + burst).
+
+When /metrics cannot be read, the last load read goes stale: after `stale_after_s` the gateway
+no longer trusts it, says so once in its log (and in `tandem_gateway_engine_load_stale`), and
+admits conservatively, at most a quarter of `max_in_flight`, until a poll succeeds again.
 """
 
 from __future__ import annotations
@@ -14,12 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
 import httpx
 
-__all__ = ["Admission", "AdmissionConfig", "EngineLoad", "Rejection", "Ticket"]
+__all__ = [
+    "Admission",
+    "AdmissionConfig",
+    "EngineLoad",
+    "Rejection",
+    "Ticket",
+    "retry_after_header",
+]
 
 log = logging.getLogger("tandem.gateway")
 
@@ -40,6 +52,8 @@ class AdmissionConfig:
     poll_interval_s: float = 0.25
     retry_after_s: float = 1.0
     """What a saturated 429 tells the client to wait."""
+    stale_after_s: float = 2.0
+    """A load read longer ago than this (the poll keeps failing) is not trusted."""
 
     def __post_init__(self) -> None:
         if self.max_waiting < 0 or self.max_in_flight < 1 or self.per_key_concurrency < 1:
@@ -59,6 +73,11 @@ class EngineLoad:
     kv_cache_usage: float = 0.0
     reachable: bool = False
     read_at: float = 0.0
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds for Retry-After, rounded up: a wait under a second is "1", never "0"."""
+    return str(max(1, math.ceil(seconds)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +121,34 @@ class Admission:
     _per_key: dict[str, int] = field(default_factory=dict)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    poll_failures: int = 0
+    stale: bool = False
+    """The engine's load is unknown (the last good read is too old): admitting conservatively."""
+
+    def _check_stale(self) -> bool:
+        if self.metrics_url is None:
+            return False
+        stale = time.monotonic() - self.load.read_at > self.config.stale_after_s
+        if stale != self.stale:
+            self.stale = stale
+            if stale:
+                log.warning(
+                    "vLLM /metrics unreadable for %.1f s: admitting at most %d in flight "
+                    "until it answers again", self.config.stale_after_s, self._stale_limit(),
+                )  # fmt: skip
+            else:
+                log.info("vLLM /metrics readable again: admission back to normal")
+        return stale
+
+    def _stale_limit(self) -> int:
+        return max(1, self.config.max_in_flight // 4)
 
     def admit(self, key: str) -> Ticket | Rejection:
         """Admit now or say why not. Never waits."""
         c = self.config
+        limit = self._stale_limit() if self._check_stale() else c.max_in_flight
         if (
-            self.in_flight >= c.max_in_flight
+            self.in_flight >= limit
             or self.load.waiting > c.max_waiting
             or self.load.kv_cache_usage > c.max_kv_cache_usage
         ):
@@ -156,6 +197,8 @@ class Admission:
             response.raise_for_status()
         except httpx.HTTPError:
             self.load.reachable = False
+            self.poll_failures += 1
+            self._check_stale()
             return
         values = parse_metrics(response.text)
         self.load = EngineLoad(
@@ -165,6 +208,7 @@ class Admission:
             reachable=True,
             read_at=time.monotonic(),
         )
+        self._check_stale()
 
     async def _poll(self, client: httpx.AsyncClient) -> None:
         while True:

@@ -20,8 +20,11 @@ model/adapter, status, token counts and timings, and never any prompt or answer 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
+import hmac
 import logging
+import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,21 +32,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from cloud.gateway.adapters import AdapterError, AdapterStore, BaseShape, StoredAdapter
-from cloud.gateway.admission import Admission, AdmissionConfig, Rejection
+from cloud.gateway.admission import Admission, AdmissionConfig, Rejection, retry_after_header
+from cloud.gateway.body import BodyError, capped_receive, declared_length, read_capped
+from cloud.gateway.fields import FieldError, RequestCaps, check_generation, parse_json
 from cloud.gateway.keys import KeyRecord, KeyStore
 from cloud.gateway.proxy import RequestLog, error_response, forward
 from cloud.gateway.stats import GatewayStats
 
-__all__ = ["GatewayConfig", "create_app"]
+__all__ = ["AdapterQuota", "GatewayConfig", "create_app"]
 
 log = logging.getLogger("tandem.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterQuota:
+    """What one key may keep on the server (profile: adapter-quota-count, -mib)."""
+
+    max_adapters: int = 8
+    max_bytes: int = 512 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +82,15 @@ class GatewayConfig:
     max_body_bytes: int = 4 * 2**20
     max_adapter_bytes: int = 64 * 2**20
     poll_metrics: bool = True
+    caps: RequestCaps = field(default_factory=RequestCaps)
+    adapter_quota: AdapterQuota = field(default_factory=AdapterQuota)
+    """Per-request limits (n, max_tokens, ...) from the profile."""
+    body_timeout_s: float = 30.0
+    """A request body must arrive within this long."""
+    stream_write_timeout_s: float = 15.0
+    """A streaming client that takes no bytes for this long is cut off (its slot freed)."""
+    upstream_uds: str | None = None
+    """vLLM's Unix socket, when it listens on one (then `upstream_url` is only a base URL)."""
 
 
 class Gateway:
@@ -81,6 +106,9 @@ class Gateway:
             AdapterStore(config.adapters_dir, base, config.max_lora_rank) if base else None
         )
         self.stats = GatewayStats()
+        # Keys the prefix cache per tenant (vLLM's cache_salt): one key cannot time another's
+        # prompts. Per process: the cache does not outlive vLLM, and nothing secret is stored.
+        self._salt_secret = secrets.token_bytes(32)
         self.client: httpx.AsyncClient | None = None
         self.context_window: int | None = None
         self.loaded: set[str] = set()
@@ -97,8 +125,13 @@ class Gateway:
         # One pooled client for everything upstream; no timeout on reads because an answer
         # may legitimately take minutes (the client side owns first-token/idle timeouts).
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        transport = (
+            httpx.AsyncHTTPTransport(uds=self.config.upstream_uds, limits=limits)
+            if self.config.upstream_uds
+            else None
+        )
         async with httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0), limits=limits
+            timeout=httpx.Timeout(None, connect=5.0), limits=limits, transport=transport
         ) as client:
             self.client = client
             if self.admission.metrics_url:
@@ -118,6 +151,14 @@ class Gateway:
         if scheme.lower() != "bearer" or not token:
             return None
         return self.keys.verify(token.strip())
+
+    def cache_salt(self, key: KeyRecord) -> str:
+        """The prefix-cache salt of this key's owner: a keyed hash, unguessable by tenants."""
+        return hmac.new(self._salt_secret, key.owner.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def revoked(self, key: KeyRecord) -> bool:
+        """Has `key` been revoked (or replaced) since it was checked?"""
+        return key not in self.keys.records()
 
     def _unauthorized(self, request_id: str) -> JSONResponse:
         self.stats.unauthorized += 1
@@ -221,23 +262,20 @@ class Gateway:
     async def _generate(self, request: Request, key: KeyRecord, record: RequestLog) -> Any:
         def fail(status: int, message: str, kind: str, **headers: str) -> Response:
             record.status, record.outcome = status, kind
-            self.stats.responses[status] += 1
-            record.emit()
+            if not record.emitted:
+                self.stats.responses[status] += 1
+                record.emit()
             return error_response(
                 status, message, kind, headers=headers, request_id=record.request_id
             )
 
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.config.max_body_bytes:
-            return fail(413, "the request body is too large", "too_large")
-        body_bytes = await request.body()
-        if len(body_bytes) > self.config.max_body_bytes:
-            return fail(413, "the request body is too large", "too_large")
         try:
-            body = json.loads(body_bytes)
-            assert isinstance(body, dict)
-        except (ValueError, AssertionError):
-            return fail(400, "the request body must be a JSON object", "invalid_request_error")
+            raw = await read_capped(request, self.config.max_body_bytes, self.config.body_timeout_s)
+            body = check_generation(parse_json(raw), request.url.path, self.config.caps)
+        except BodyError as exc:
+            return fail(exc.status, str(exc), exc.kind)
+        except FieldError as exc:
+            return fail(400, str(exc), "invalid_request_error")
         model = str(body.get("model") or self.config.served_model)
         record.model = self.config.served_model
         adapter: StoredAdapter | None = None
@@ -250,40 +288,54 @@ class Gateway:
         decision = self.admission.admit(key.name)
         if isinstance(decision, Rejection):
             self.stats.rejected[decision.reason] += 1
-            retry = max(1, round(decision.retry_after_s))
+            retry = retry_after_header(decision.retry_after_s)
             return fail(
                 429,
                 f"the service is busy ({decision.reason}); retry after {retry} s",
                 "overloaded",
-                **{"Retry-After": str(retry)},
+                **{"Retry-After": retry},
             )
         ticket = decision
-        if adapter is not None:
-            try:
-                await self._ensure_loaded(adapter)
-            except (AdapterError, httpx.HTTPError) as exc:
-                ticket.release()
-                status = exc.status if isinstance(exc, AdapterError) else 503
-                return fail(
-                    status, str(exc) or "the model server is not reachable", "adapter_error"
-                )
-            body["model"] = adapter.vllm_name
-        else:
-            body["model"] = self.config.served_model
-        self.stats.upstream_requests += 1
 
         def done() -> None:
             ticket.release()
-            self.stats.responses[record.status or 200] += 1
-            self.stats.latency_sum_s += time.perf_counter() - record.started
-            self.stats.latency_count += 1
-            record.emit()
+            if not record.emitted:
+                self.stats.responses[record.status or 200] += 1
+                self.stats.latency_sum_s += time.perf_counter() - record.started
+                self.stats.latency_count += 1
+                record.emit()
 
-        url = f"{self.config.upstream_url}{request.url.path}"
-        assert self.client is not None
-        return await forward(
-            self.client, url, body, record, upstream_headers=self.upstream_headers, on_done=done
-        )
+        # From here on this block owns the ticket: every way out releases it, except handing
+        # a stream to the relay, whose own `finally` releases it when the stream ends.
+        handed_over = False
+        try:
+            if adapter is not None:
+                try:
+                    await self._ensure_loaded(adapter)
+                except (AdapterError, httpx.HTTPError) as exc:
+                    status = exc.status if isinstance(exc, AdapterError) else 503
+                    return fail(status, "the model server could not load the adapter",
+                                "adapter_error")  # fmt: skip
+                body["model"] = adapter.vllm_name
+            else:
+                body["model"] = self.config.served_model
+            body["cache_salt"] = self.cache_salt(key)  # whatever the client sent is dropped
+            self.stats.upstream_requests += 1
+            url = f"{self.config.upstream_url}{request.url.path}"
+            assert self.client is not None
+            response = await forward(
+                self.client, url, body, record, upstream_headers=self.upstream_headers,
+                on_done=done, revoked=lambda: self.revoked(key),
+                write_timeout_s=self.config.stream_write_timeout_s,
+            )  # fmt: skip
+            handed_over = not isinstance(response, Response)
+            return response
+        except Exception as exc:  # a bug: the client gets a JSON error, never the details
+            log.error("request_id=%s internal error %s", record.request_id, type(exc).__name__)
+            return fail(502, "the gateway could not forward the request", "internal_error")
+        finally:
+            if not handed_over:
+                done()
 
     async def upload_adapter(self, request: Request) -> Response:
         key = self._authenticate(request)
@@ -291,23 +343,45 @@ class Gateway:
             return self._unauthorized(uuid.uuid4().hex)
         if self.adapters is None or not self.config.lora_enabled:
             return error_response(404, "this server does not host adapters", "not_supported")
-        length = request.headers.get("content-length")
-        if length is None:
-            return error_response(411, "send the upload with a Content-Length", "length_required")
-        if int(length) > self.config.max_adapter_bytes:
-            limit = self.config.max_adapter_bytes // 2**20
-            return error_response(
-                413, f"the adapter upload is larger than {limit} MiB", "too_large"
-            )
         try:
-            async with request.form(max_files=2, max_fields=4) as form:
-                name = str(form.get("name") or "")
+            declared_length(request, self.config.max_adapter_bytes)
+        except BodyError as exc:
+            return error_response(exc.status, str(exc), exc.kind)
+        # An upload is work like an answer: it takes an admission slot (per-key concurrency,
+        # max in flight), so parallel uploads cannot fill the disk or memory at once.
+        decision = self.admission.admit(key.name)
+        if isinstance(decision, Rejection):
+            retry = retry_after_header(decision.retry_after_s)
+            return error_response(429, f"the service is busy; retry after {retry} s",
+                                  "overloaded", headers={"Retry-After": retry})  # fmt: skip
+        try:
+            return await self._upload(request, key, self.adapters)
+        except AdapterError as exc:
+            return error_response(exc.status, str(exc), "invalid_adapter")
+        except BodyError as exc:
+            return error_response(exc.status, str(exc), exc.kind)
+        except MultiPartException:
+            return error_response(400, "the upload is not valid multipart/form-data",
+                                  "invalid_adapter")  # fmt: skip
+        except TimeoutError:
+            return error_response(408, "the upload did not arrive in time", "timeout")
+        finally:
+            decision.release()
+
+    async def _upload(self, request: Request, key: KeyRecord, store: AdapterStore) -> Response:
+        limit = self.config.max_adapter_bytes
+        # The byte cap holds whatever the framing (a chunked upload has no Content-Length);
+        # Starlette spools file parts to disk past 1 MiB, so nothing large stays in memory.
+        capped = Request(request.scope, capped_receive(request.receive, limit))
+        with anyio.fail_after(self.config.body_timeout_s * 10):
+            form_ctx = capped.form(max_files=2, max_fields=4, max_part_size=256 * 1024)
+            async with form_ctx as form:
+                name = form.get("name")
                 config_part, weights_part = form.get("adapter_config"), form.get("adapter_model")
                 if (
-                    isinstance(weights_part, str)
-                    or weights_part is None
-                    or isinstance(config_part, str)
-                    or config_part is None
+                    not isinstance(name, str)
+                    or isinstance(weights_part, str | None)
+                    or isinstance(config_part, str | None)
                 ):
                     raise AdapterError(
                         "send the multipart fields name, adapter_config "
@@ -319,30 +393,50 @@ class Gateway:
                         "(pickled .bin/.pt files are refused)",
                         status=415,
                     )
-                config_bytes = await config_part.read()
-                weights = await weights_part.read()
-            self.adapters.check_name(name)
-            if name == self.config.served_model:
-                raise AdapterError("an adapter cannot take the base model's name")
-            old = self.adapters.get(key.owner, name)
-            if old is not None:
-                await self._unload(old)
-            adapter = self.adapters.save(key.owner, name, config_bytes, weights)
-            try:
-                await self._ensure_loaded(adapter)
-            except (AdapterError, httpx.HTTPError):
-                self.adapters.delete(key.owner, name)
-                raise
-        except AdapterError as exc:
-            return error_response(exc.status, str(exc), "invalid_adapter")
+                store.check_name(name)
+                if name == self.config.served_model:
+                    raise AdapterError("an adapter cannot take the base model's name")
+                config_bytes = await config_part.read(64 * 1024 + 1)
+                if len(config_bytes) > 64 * 1024:
+                    raise AdapterError("adapter_config.json is larger than 64 KiB")
+                staged = await anyio.to_thread.run_sync(
+                    store.stage, key.owner, name, config_bytes, weights_part.file
+                )
+        old = store.get(key.owner, name)
+        try:
+            self._check_quota(key, store, staged, old)
+            await self._ensure_loaded(staged)  # the old version keeps answering meanwhile
+        except BaseException:
+            store.discard(staged)
+            raise
+        store.commit(staged)
+        if old is not None and old.vllm_name != staged.vllm_name:
+            await self._unload(old)
+            store.discard(old)
         log.info(
-            "adapter uploaded key=%s adapter=%s rank=%d bytes=%d",
-            key.name,
-            name,
-            adapter.rank,
-            len(weights),
-        )
-        return JSONResponse({"name": adapter.name, "rank": adapter.rank}, status_code=201)
+            "adapter uploaded key=%s adapter=%s rank=%d bytes=%d replaced=%s",
+            key.name, name, staged.rank, staged.size, old is not None,
+        )  # fmt: skip
+        return JSONResponse({"name": staged.name, "rank": staged.rank}, status_code=201)
+
+    def _check_quota(
+        self, key: KeyRecord, store: AdapterStore, new: StoredAdapter, old: StoredAdapter | None
+    ) -> None:
+        count, size = store.usage(key.owner)
+        if old is not None:
+            count, size = count - 1, size - old.size
+        quota = self.config.adapter_quota
+        if count + 1 > quota.max_adapters:
+            raise AdapterError(
+                f"this key may keep at most {quota.max_adapters} adapters; delete one first",
+                status=403,
+            )
+        if size + new.size > quota.max_bytes:
+            raise AdapterError(
+                f"this key may keep at most {quota.max_bytes / 2**20:g} MiB of adapters; "
+                "delete one first",
+                status=403,
+            )
 
     async def list_adapters(self, request: Request) -> Response:
         key = self._authenticate(request)
@@ -379,16 +473,24 @@ class Gateway:
         key = self._authenticate(request)
         if key is None or not key.admin:
             return self._unauthorized(uuid.uuid4().hex)
-        return PlainTextResponse(self.stats.render(self.admission.in_flight))
+        a = self.admission
+        return PlainTextResponse(
+            self.stats.render(a.in_flight, load_stale=a.stale, poll_failures=a.poll_failures)
+        )
+
+
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\",;:)]+")
 
 
 def _vllm_message(response: httpx.Response) -> str:
+    """vLLM's reason, without the server paths it names (the client never learns the layout)."""
     try:
         data = response.json()
         message = data.get("error", {}).get("message") if "error" in data else data.get("message")
-        return str(message or response.text)[:300]
-    except ValueError:
-        return response.text[:300]
+        text = str(message or response.text)
+    except (ValueError, AttributeError):
+        text = response.text
+    return _PATH_RE.sub("<path>", text)[:300]
 
 
 def create_app(config: GatewayConfig) -> Starlette:
@@ -405,6 +507,13 @@ def create_app(config: GatewayConfig) -> Starlette:
         Route("/metrics", gateway.vllm_metrics, methods=["GET"]),
         Route("/gateway/metrics", gateway.gateway_metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # Whatever escaped a handler: a JSON error, no traceback or text in the answer.
+        log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+        return error_response(500, "internal error", "internal_error")
+
+    app = Starlette(
+        routes=routes, lifespan=gateway.lifespan, exception_handlers={Exception: internal_error}
+    )
     app.state.gateway = gateway
     return app

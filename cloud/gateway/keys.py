@@ -61,7 +61,7 @@ class KeyStore:
         self.path = path
         self._lock = threading.Lock()
         self._records: list[KeyRecord] = []
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -70,13 +70,20 @@ class KeyStore:
         with self._lock:
             try:
                 st = self.path.stat()
-                stamp = (st.st_mtime_ns, st.st_size)
+                # The inode too: a file replaced within the clock's tick with the same size
+                # (a revocation written by rename) must still be noticed.
+                stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             except FileNotFoundError:
                 self._records, self._stamp = [], None
                 return []
             if stamp != self._stamp:
-                data = json.loads(self.path.read_text() or "{}")
-                self._records = [KeyRecord(**r) for r in data.get("keys", [])]
+                try:
+                    data = json.loads(self.path.read_text() or "{}")
+                    self._records = [KeyRecord(**r) for r in data.get("keys", [])]
+                except (ValueError, TypeError, AttributeError):
+                    # A hand-edited file that does not parse: no key works until it is fixed
+                    # (failing closed), and the next change is read again.
+                    self._records = []
                 self._stamp = stamp
             return list(self._records)
 

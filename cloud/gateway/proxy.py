@@ -40,8 +40,13 @@ class RequestLog:
     started: float = field(default_factory=time.perf_counter)
     ttft_ms: float | None = None
     outcome: str = ""
+    emitted: bool = False
 
     def emit(self) -> None:
+        """Write the line (once: later calls do nothing)."""
+        if self.emitted:
+            return
+        self.emitted = True
         total_ms = (time.perf_counter() - self.started) * 1000
         ttft = f"{self.ttft_ms:.1f}" if self.ttft_ms is not None else "-"
         log.info(
@@ -115,11 +120,15 @@ async def forward(
     *,
     upstream_headers: dict[str, str],
     on_done: Callable[[], None],
+    revoked: Callable[[], bool] = lambda: False,
+    write_timeout_s: float = 15.0,
 ) -> Response | _Relay:
     """Send `body` to vLLM and relay the answer, streaming if the body asks for it.
 
-    `on_done` runs exactly once, when the answer has been fully relayed or abandoned (it
-    releases the admission ticket and writes the log line).
+    `on_done` runs when the answer has been fully relayed or abandoned (it releases the
+    admission ticket and writes the log line); it must be safe to call twice. A stream ends
+    early when `revoked()` turns true (checked every quarter second) or when the client takes
+    no bytes for `write_timeout_s`.
     """
     stream = bool(body.get("stream"))
     if stream:
@@ -166,7 +175,7 @@ async def forward(
             record.outcome = "upstream_error"
         return Response(content, status_code=upstream.status_code, headers=headers)
 
-    return _Relay(upstream, headers, record, on_done)
+    return _Relay(upstream, headers, record, on_done, revoked, write_timeout_s)
 
 
 class _Relay:
@@ -182,11 +191,15 @@ class _Relay:
         headers: dict[str, str],
         record: RequestLog,
         on_done: Callable[[], None],
+        revoked: Callable[[], bool] = lambda: False,
+        write_timeout_s: float = 15.0,
     ) -> None:
         self.upstream = upstream
         self.headers = headers
         self.record = record
         self.on_done = on_done
+        self.revoked = revoked
+        self.write_timeout_s = write_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = self.record
@@ -202,20 +215,38 @@ class _Relay:
                         pass
                     group.cancel_scope.cancel()  # the client left: stop relaying
 
+                async def watch_key() -> None:
+                    while not self.revoked():
+                        await anyio.sleep(0.25)
+                    record.outcome = "key_revoked"
+                    group.cancel_scope.cancel()  # a revoked key's streams end within a second
+
+                async def write(message: dict[str, object]) -> None:
+                    # A client that stops reading would hold its slot (and vLLM's) forever.
+                    with anyio.move_on_after(self.write_timeout_s) as limit:
+                        await send(message)
+                    if limit.cancelled_caught:
+                        record.outcome = "client_stalled"
+                        group.cancel_scope.cancel()
+                        await anyio.sleep(0)  # the cancellation lands here
+
                 group.start_soon(watch)
-                await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+                group.start_soon(watch_key)
+                await write({"type": "http.response.start", "status": 200, "headers": raw_headers})
                 try:
                     async for chunk in self.upstream.aiter_raw():
                         if record.ttft_ms is None:
                             record.ttft_ms = (time.perf_counter() - record.started) * 1000
                         if b'"usage"' in chunk:
                             _usage_from(chunk, record)
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        await write(
+                            {"type": "http.response.body", "body": chunk, "more_body": True}
+                        )
                     record.outcome = "ok"
                 except httpx.TransportError:
                     # vLLM died mid-answer: end the body without [DONE]; the client fails over.
                     record.outcome = "upstream_reset"
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await write({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         except OSError:
             pass  # the client's socket went away while we were writing

@@ -1,14 +1,22 @@
-"""Run the gateway with uvicorn: plain HTTP, or HTTPS when given a certificate and key."""
+"""Run the gateway with uvicorn: HTTPS when given a certificate and key, else plain HTTP.
+
+Slow clients are bounded here: uvicorn's `limit_concurrency` answers 503 past a number of open
+connections and tasks, and a connection has `header_timeout_s` to send its request line and
+headers (uvicorn itself has no such limit: a slowloris client would hold a connection forever).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cloud.gateway.app import GatewayConfig, create_app
 
@@ -22,6 +30,51 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_file: Path | None = None
+    limit_concurrency: int = 512
+    """Open connections + tasks before uvicorn answers 503."""
+    header_timeout_s: float = 10.0
+    """How long a connection may take to send a request's headers."""
+    uds: str | None = None
+    """Listen on this Unix socket instead of host:port (tests, a local proxy)."""
+
+
+def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request head
+    within `timeout_s` of connecting (or of starting the next request on a kept-alive one)."""
+
+    class HeaderTimeoutH11(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:
+                self._arm()  # still waiting for the request line and headers
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11
 
 
 def configure_logging(log_file: Path | None) -> None:
@@ -48,6 +101,11 @@ def build_server(config: GatewayConfig, options: ServeOptions) -> uvicorn.Server
         create_app(config),
         host=options.host,
         port=options.port,
+        uds=options.uds,
+        http=header_timeout_protocol(options.header_timeout_s),
+        limit_concurrency=options.limit_concurrency,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 * 1024,  # a request head larger than this is refused
         ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
         ssl_keyfile=str(options.tls_key) if options.tls_key else None,
         # uvicorn's access log would add a second line per request; ours has what matters.

@@ -19,7 +19,7 @@ class GatewayStats:
     latency_sum_s: float = 0.0
     latency_count: int = 0
 
-    def render(self, in_flight: int) -> str:
+    def render(self, in_flight: int, *, load_stale: bool = False, poll_failures: int = 0) -> str:
         lines = ["# TYPE tandem_gateway_responses_total counter"]
         lines += [
             f'tandem_gateway_responses_total{{status="{s}"}} {n}'
@@ -37,6 +37,10 @@ class GatewayStats:
             f"tandem_gateway_upstream_requests_total {self.upstream_requests}",
             "# TYPE tandem_gateway_in_flight gauge",
             f"tandem_gateway_in_flight {in_flight}",
+            "# TYPE tandem_gateway_engine_load_stale gauge",
+            f"tandem_gateway_engine_load_stale {int(load_stale)}",
+            "# TYPE tandem_gateway_metrics_poll_failures_total counter",
+            f"tandem_gateway_metrics_poll_failures_total {poll_failures}",
             "# TYPE tandem_gateway_latency_seconds summary",
             f"tandem_gateway_latency_seconds_sum {self.latency_sum_s:.6f}",
             f"tandem_gateway_latency_seconds_count {self.latency_count}",

@@ -40,6 +40,10 @@ examples:
   tandem cloud serve --model M --speculative draft:./small-model --num-speculative-tokens 4
 
 Profiles are TOML files you can copy and edit (see --dry-run for what one produces).
+vLLM listens on a Unix socket in a private folder (its /tokenize, /pooling, /metrics, ...
+are not guarded by its API key, so no TCP port is opened for them); only the gateway listens
+on the network. Off loopback the gateway needs --tls-cert/--tls-key, or --insecure-http when
+a TLS-terminating proxy in front of it carries the traffic.
 Ctrl-C or SIGTERM stops the gateway and then vLLM."""
 
 
@@ -84,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="the gateway's address (default: 0.0.0.0)")
     serve.add_argument("--port", type=int, default=8000, help="the gateway's port (default: 8000)")
     serve.add_argument(
-        "--vllm-port", type=int, default=8100, help="vLLM's port, on 127.0.0.1 only (default: 8100)"
+        "--vllm-port",
+        type=int,
+        default=None,
+        help="put vLLM on this 127.0.0.1 port instead of its private Unix socket (then any "
+        "local process can reach its unguarded /tokenize, /pooling, /metrics routes)",
     )
     serve.add_argument(
         "--speculative",
@@ -120,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         "--upstream",
         default=None,
         metavar="URL",
-        help="front an already running vLLM at this loopback URL instead of starting one",
+        help="front an already running vLLM at this loopback URL (or unix:/path/to/socket) "
+        "instead of starting one",
     )
     serve.add_argument(
         "--keys-file",
@@ -142,6 +151,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP on a non-loopback --host: only behind a TLS-terminating proxy "
+        "(keys and prompts would otherwise cross the network in the clear)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close a connection that has not sent its request headers within S seconds "
+        "(default: 10)",
+    )
+    serve.add_argument(
+        "--stream-write-timeout",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="end a stream whose client takes no bytes for S seconds, freeing its slot "
+        "(default: 15)",
+    )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=512,
+        metavar="N",
+        help="open connections and requests before the gateway answers 503 (default: 512)",
+    )
     for flag, kind, text in (
         ("--max-waiting", int, "429 while vLLM has more than N requests waiting"),
         ("--max-kv-cache-usage", float, "429 while vLLM's KV cache is fuller than this fraction"),
@@ -248,7 +286,8 @@ def _forget_adapters(record: KeyRecord, adapters_dir: Path | None, *, keep: bool
 
 def _serve(args: argparse.Namespace) -> int:
     from cloud.gateway.admission import AdmissionConfig
-    from cloud.gateway.app import GatewayConfig
+    from cloud.gateway.app import AdapterQuota, GatewayConfig
+    from cloud.gateway.fields import RequestCaps
     from cloud.gateway.server import configure_logging
     from cloud.launch import (
         LaunchError,
@@ -261,12 +300,24 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tandem cloud serve: {message}", file=sys.stderr)
         return 1
 
+    cleartext = args.tls_cert is None and not args.insecure_http and not _loopback(args.host)
+    if cleartext and not args.dry_run:
+        return fail(
+            f"{args.host} is not a loopback address, and without TLS API keys and prompts "
+            "would cross the network in the clear. Give --tls-cert and --tls-key, or "
+            "--insecure-http if a TLS-terminating proxy in front of the gateway carries "
+            "the traffic."
+        )
+    socket_dir: Path | None = None
+    if args.upstream is None and args.vllm_port is None:
+        socket_dir = _private_socket_dir(dry_run=args.dry_run)
     try:
         profile = load_profile(args.profile)
         options = LaunchOptions(
             model=args.model,
             served_model_name=args.served_model_name,
-            port=args.vllm_port,
+            port=args.vllm_port or 8100,
+            uds=str(socket_dir / "vllm.sock") if socket_dir else None,
             speculative=args.speculative,
             num_speculative_tokens=args.num_speculative_tokens,
             lora=False if args.no_lora else None,
@@ -285,8 +336,20 @@ def _serve(args: argparse.Namespace) -> int:
                 if (value := _pick(getattr(args, name), gw.get(name.replace("_", "-")))) is not None
             }
         )
-    except ValueError as exc:
-        return fail(str(exc))
+        caps = RequestCaps(
+            **{
+                name: int(gw[name.replace("_", "-")])
+                for name in CAP_FIELDS
+                if name.replace("_", "-") in gw
+            }
+        )
+        default = AdapterQuota()
+        quota = AdapterQuota(
+            max_adapters=int(gw.get("adapter-quota-count", default.max_adapters)),
+            max_bytes=int(gw.get("adapter-quota-mib", default.max_bytes / 2**20) * 2**20),
+        )
+    except (ValueError, TypeError) as exc:
+        return fail(f"profile [gateway]: {exc}")
     if (args.tls_cert is None) != (args.tls_key is None):
         return fail("HTTPS needs both --tls-cert and --tls-key")
     scheme = "https" if args.tls_cert else "http"
@@ -294,12 +357,23 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("# vLLM (loopback only; VLLM_API_KEY is a fresh random secret per start)")
         print(command.render())
-        print(f"# gateway: {scheme}://{args.host}:{args.port} -> {command.url}")
+        print(f"# gateway: {scheme}://{args.host}:{args.port} -> {command.uds or command.url}")
+        if cleartext:
+            print("# (refused as it stands: a non-loopback --host needs --tls-cert/--tls-key "
+                  "or --insecure-http)")  # fmt: skip
         return 0
 
     keys_file = args.keys_file or _default_keys_file()
+    upstream_uds = command.uds
+    upstream_url = (args.upstream or command.url).rstrip("/")
+    if upstream_url.startswith("unix:"):
+        upstream_uds, upstream_url = upstream_url.removeprefix("unix:"), "http://localhost"
     config = GatewayConfig(
-        upstream_url=(args.upstream or command.url).rstrip("/"),
+        upstream_url=upstream_url,
+        upstream_uds=upstream_uds,
+        caps=caps,
+        adapter_quota=quota,
+        stream_write_timeout_s=args.stream_write_timeout,
         served_model=command.served_model,
         keys_file=keys_file,
         adapters_dir=args.adapters_dir or _default_adapters_dir(),
@@ -328,6 +402,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if socket_dir is not None:
+            import shutil
+
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace, command: VllmCommand, config: GatewayConfig, scheme: str) -> int:
@@ -342,7 +420,8 @@ def _run(args: argparse.Namespace, command: VllmCommand, config: GatewayConfig, 
             config = _with_upstream_key(config, secret)
             log = args.vllm_log.open("ab") if args.vllm_log else None
             vllm = VllmProcess(command, log=log, secret_env={"VLLM_API_KEY": secret})
-            print(f"tandem cloud serve: starting vLLM on {command.url} ...", file=sys.stderr)
+            where = f"the Unix socket {command.uds}" if command.uds else command.url
+            print(f"tandem cloud serve: starting vLLM on {where} ...", file=sys.stderr)
             vllm.start()
             assert vllm.process is not None
             print(f"tandem cloud serve: vLLM pid {vllm.process.pid}", file=sys.stderr)
@@ -354,7 +433,10 @@ def _run(args: argparse.Namespace, command: VllmCommand, config: GatewayConfig, 
         if config.base_model_dir is None:
             # A hub id is in the local cache only once vLLM has downloaded it.
             config = dataclasses.replace(config, base_model_dir=_base_model_dir(args.model))
-        options = ServeOptions(args.host, args.port, args.tls_cert, args.tls_key, args.log_file)
+        options = ServeOptions(
+            args.host, args.port, args.tls_cert, args.tls_key, args.log_file,
+            limit_concurrency=args.limit_concurrency, header_timeout_s=args.header_timeout,
+        )  # fmt: skip
         server = build_server(config, options)
         vllm_died = threading.Event()
         if vllm is not None:
@@ -383,6 +465,37 @@ def _base_model_dir(model: str) -> Path | None:
         return None
     found = try_to_load_from_cache(model, "config.json")
     return Path(found).parent if isinstance(found, str) else None
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _private_socket_dir(*, dry_run: bool) -> Path:
+    """A folder only this user can enter, for vLLM's socket (short: a socket path has a limit
+    of about 100 bytes)."""
+    import tempfile
+
+    if dry_run:
+        return Path(tempfile.gettempdir()) / "tandem-vllm-XXXXXX"
+    return Path(tempfile.mkdtemp(prefix="tandem-vllm-"))  # mode 0700
+
+
+CAP_FIELDS = (
+    "max_n",
+    "max_tokens_cap",
+    "max_messages",
+    "max_stop",
+    "max_tools",
+    "max_logprobs",
+)
 
 
 class _StopRequested(Exception):

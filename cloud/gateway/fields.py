@@ -1,0 +1,287 @@
+"""What a generation request may ask of vLLM: an allowlist of fields, with caps from the profile.
+
+vLLM accepts far more than a tenant should be able to send: `n=256` with `ignore_eos` saturates
+the engine for everyone, `best_of`, `prompt_embeds`, `vllm_xargs`, `kv_transfer_params` and
+`cache_salt` reach internals, image/audio parts make vLLM fetch URLs. The gateway forwards only
+the fields below, each checked for type and range, and refuses any other with a 400 naming it.
+`cache_salt` is never taken from the client: the gateway sets it per key owner (see app.py).
+
+The body itself is parsed strictly first (`router.serve_checks.parse_json`): no NaN/Infinity,
+no lone surrogates, which httpx would refuse to send on after the request was admitted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from router.serve_checks import FieldError, parse_json
+
+__all__ = ["FieldError", "RequestCaps", "check_generation", "parse_json"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCaps:
+    """Per-request limits; the profile's [gateway] section sets them (max-n, ...)."""
+
+    max_n: int = 4
+    """Answers per request (n), and prompts per /v1/completions request."""
+    max_tokens_cap: int = 4096
+    """The largest max_tokens a request may ask for; also the default when it gives none."""
+    max_messages: int = 512
+    max_stop: int = 8
+    max_tools: int = 64
+    max_logprobs: int = 5
+
+    def __post_init__(self) -> None:
+        if min(self.max_n, self.max_tokens_cap, self.max_messages, self.max_stop) < 1:
+            raise ValueError("request caps (max-n, max-tokens-cap, ...) must be at least 1")
+
+
+Check = Callable[[Any, RequestCaps], None]
+
+
+def _fail(name: str, what: str) -> FieldError:
+    return FieldError(f"'{name}' must be {what}", name)
+
+
+def _int(name: str, low: int, high: Callable[[RequestCaps], int] | int) -> Check:
+    def check(value: Any, caps: RequestCaps) -> None:
+        top = high(caps) if callable(high) else high
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= top:
+            raise _fail(name, f"an integer from {low} to {top}")
+
+    return check
+
+
+def _number(name: str, low: float, high: float) -> Check:
+    def check(value: Any, caps: RequestCaps) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
+            raise _fail(name, f"a number from {low} to {high}")
+
+    return check
+
+
+def _bool(name: str) -> Check:
+    def check(value: Any, caps: RequestCaps) -> None:
+        if not isinstance(value, bool):
+            raise _fail(name, "true or false")
+
+    return check
+
+
+def _text(name: str, limit: int) -> Check:
+    def check(value: Any, caps: RequestCaps) -> None:
+        if not isinstance(value, str) or len(value) > limit:
+            raise _fail(name, f"a string of at most {limit} characters")
+
+    return check
+
+
+def _choice(name: str, *options: str) -> Check:
+    def check(value: Any, caps: RequestCaps) -> None:
+        if value not in options:
+            raise _fail(name, "one of " + ", ".join(options))
+
+    return check
+
+
+def _stop(value: Any, caps: RequestCaps) -> None:
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, list)
+        or len(items) > caps.max_stop
+        or not all(isinstance(s, str) and 0 < len(s) <= 512 for s in items)
+    ):
+        raise _fail("stop", f"a string or at most {caps.max_stop} strings of 1-512 characters")
+
+
+def _stream_options(value: Any, caps: RequestCaps) -> None:
+    if (
+        not isinstance(value, dict)
+        or set(value) - {"include_usage"}
+        or not isinstance(value.get("include_usage", False), bool)
+    ):
+        raise _fail("stream_options", "{include_usage: bool}")
+
+
+_PART_TYPES = {"text"}
+_MESSAGE_FIELDS = {
+    "role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content", "reasoning",
+}  # fmt: skip
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _content(value: Any, where: str) -> None:
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise FieldError(f"{where}.content must be a string or a list of text parts", "messages")
+    for part in value:
+        # Only text: image/audio/video parts make vLLM fetch URLs on the tenant's behalf.
+        if (
+            not isinstance(part, dict)
+            or part.get("type") not in _PART_TYPES
+            or set(part) - {"type", "text"}
+            or not isinstance(part.get("text"), str)
+        ):
+            raise FieldError(f"{where}.content: only text parts are accepted", "messages")
+
+
+def _json_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _messages(value: Any, caps: RequestCaps) -> None:
+    if not isinstance(value, list) or not 0 < len(value) <= caps.max_messages:
+        raise _fail("messages", f"a list of 1 to {caps.max_messages} messages")
+    for i, item in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise FieldError(f"{where} must be an object", "messages")
+        unknown = sorted(set(item) - _MESSAGE_FIELDS)
+        if unknown:
+            raise FieldError(f"{where}: field(s) not accepted: {', '.join(unknown)}", "messages")
+        if item.get("role") not in _ROLES:
+            raise FieldError(f"{where}.role must be one of {', '.join(_ROLES)}", "messages")
+        _content(item.get("content"), where)
+        for name in ("name", "tool_call_id", "reasoning_content", "reasoning"):
+            if item.get(name) is not None and not isinstance(item[name], str):
+                raise FieldError(f"{where}.{name} must be a string", "messages")
+        calls = item.get("tool_calls")
+        if calls is not None and (
+            not isinstance(calls, list)
+            or len(calls) > caps.max_tools
+            or not all(_json_object(c) for c in calls)
+        ):
+            raise FieldError(f"{where}.tool_calls must be a list of objects", "messages")
+
+
+def _prompt(value: Any, caps: RequestCaps) -> None:
+    if isinstance(value, str):
+        return
+    if (
+        isinstance(value, list)
+        and 0 < len(value) <= caps.max_n
+        and all(isinstance(p, str) for p in value)
+    ):
+        return
+    raise _fail("prompt", f"a string or a list of at most {caps.max_n} strings")
+
+
+def _tools(value: Any, caps: RequestCaps) -> None:
+    if (
+        not isinstance(value, list)
+        or len(value) > caps.max_tools
+        or not all(_json_object(t) and t.get("type") == "function" for t in value)
+    ):
+        raise _fail("tools", f"a list of at most {caps.max_tools} function tools")
+
+
+def _tool_choice(value: Any, caps: RequestCaps) -> None:
+    if value in ("none", "auto", "required") or _json_object(value):
+        return
+    raise _fail("tool_choice", "none, auto, required or a named tool")
+
+
+def _response_format(value: Any, caps: RequestCaps) -> None:
+    if not _json_object(value) or value.get("type") not in ("text", "json_object"):
+        raise _fail("response_format", '{"type": "text"} or {"type": "json_object"}')
+
+
+def _template_kwargs(value: Any, caps: RequestCaps) -> None:
+    if (
+        not _json_object(value)
+        or set(value) - {"enable_thinking"}
+        or not isinstance(value.get("enable_thinking", False), bool)
+    ):
+        raise _fail("chat_template_kwargs", "{enable_thinking: bool}")
+
+
+def _logprobs_chat(value: Any, caps: RequestCaps) -> None:
+    _bool("logprobs")(value, caps)
+
+
+COMMON: dict[str, Check] = {
+    "model": _text("model", 256),
+    "stream": _bool("stream"),
+    "stream_options": _stream_options,
+    "max_tokens": _int("max_tokens", 1, lambda c: c.max_tokens_cap),
+    "min_tokens": _int("min_tokens", 0, lambda c: c.max_tokens_cap),
+    "n": _int("n", 1, lambda c: c.max_n),
+    "temperature": _number("temperature", 0.0, 2.0),
+    "top_p": _number("top_p", 1e-9, 1.0),
+    "top_k": _int("top_k", -1, 1000),
+    "min_p": _number("min_p", 0.0, 1.0),
+    "presence_penalty": _number("presence_penalty", -2.0, 2.0),
+    "frequency_penalty": _number("frequency_penalty", -2.0, 2.0),
+    "repetition_penalty": _number("repetition_penalty", 0.01, 2.0),
+    "seed": _int("seed", -(2**63), 2**63 - 1),
+    "stop": _stop,
+    # Bounded by max_tokens_cap like any answer, so it costs no more than a long one.
+    "ignore_eos": _bool("ignore_eos"),
+    "skip_special_tokens": _bool("skip_special_tokens"),
+    "user": _text("user", 256),
+    # Accepted and dropped: the gateway sets its own per tenant.
+    "cache_salt": _text("cache_salt", 1024),
+}
+CHAT: dict[str, Check] = {
+    **COMMON,
+    "messages": _messages,
+    "max_completion_tokens": _int("max_completion_tokens", 1, lambda c: c.max_tokens_cap),
+    "logprobs": _logprobs_chat,
+    "top_logprobs": _int("top_logprobs", 0, lambda c: c.max_logprobs),
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "parallel_tool_calls": _bool("parallel_tool_calls"),
+    "response_format": _response_format,
+    "chat_template_kwargs": _template_kwargs,
+    "include_reasoning": _bool("include_reasoning"),
+    "reasoning_effort": _choice("reasoning_effort", "none", "minimal", "low", "medium", "high"),
+    "add_generation_prompt": _bool("add_generation_prompt"),
+    "continue_final_message": _bool("continue_final_message"),
+}
+COMPLETION: dict[str, Check] = {
+    **COMMON,
+    "prompt": _prompt,
+    "echo": _bool("echo"),
+    "logprobs": _int("logprobs", 0, lambda c: c.max_logprobs),
+}
+
+
+def check_generation(body: Any, path: str, caps: RequestCaps) -> dict[str, Any]:
+    """The body to forward: only allowlisted fields, each valid and within the caps (`null`
+    counts as absent). Raises FieldError naming the first field that is not."""
+    if not isinstance(body, dict):
+        raise FieldError("the request body must be a JSON object")
+    chat = path.endswith("/chat/completions")
+    table = CHAT if chat else COMPLETION
+    refused = sorted(k for k in body if k not in table)
+    if refused:
+        raise FieldError(f"field(s) not accepted here: {', '.join(refused)}", refused[0])
+    required = "messages" if chat else "prompt"
+    if body.get(required) is None:
+        raise FieldError(f"'{required}' is required", required)
+    out: dict[str, Any] = {}
+    for name, value in body.items():
+        if value is None:
+            continue
+        table[name](value, caps)
+        if name != "cache_salt":
+            out[name] = value
+    answers = out.get("n", 1) * (len(out["prompt"]) if isinstance(out.get("prompt"), list) else 1)
+    if answers > caps.max_n:
+        raise FieldError(f"n × prompts may be at most {caps.max_n}", "n")
+    limit = out.get("max_completion_tokens", out.get("max_tokens"))
+    if limit is None:
+        out["max_tokens"] = caps.max_tokens_cap  # vLLM's default is the whole context
+    if out.get("min_tokens", 0) > (limit or caps.max_tokens_cap):
+        raise FieldError("'min_tokens' must not exceed max_tokens", "min_tokens")
+    return out
