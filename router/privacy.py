@@ -1,32 +1,49 @@
-"""What must never leave the device: a scanner over the whole conversation that would be sent.
+"""What must never leave the device: a scanner over the whole request that would be sent.
 
-Kinds it finds: email addresses, phone numbers, payment card numbers (Luhn-checked), IBANs
-(mod-97 checksum), US social security numbers, secrets (PEM private key blocks, `sk-…`,
-`ghp_…` and other GitHub tokens, AWS `AKIA…` key ids, Slack `xox?-…` tokens), and the user's own
-terms (case-insensitive, whole words) and regular expressions.
+Families it finds (KIND_LABELS): e-mail addresses, phone numbers (phonenumbers, national
+formats read in the user's regions), payment cards (issuer ranges + Luhn), IBANs and national
+ids (python-stdnum), secrets (provider tokens, JWTs, PEM keys, passwords in URLs, assignments
+and sentences), street addresses, dates of birth, health and other special-category data, and
+the user's own terms (whole words, any case) and regular expressions.
 
-A finding names its kind and the message it is in (1-based, as a person counts), never the
-matched text itself: the finding goes into the route record, which the chat shows and stores.
+Every message is normalised first (router.privacy_text: NFKC, Unicode spaces and dashes,
+zero-width characters) and positions are mapped back. A finding names its kind and the message
+it is in (1-based, as a person counts), never the matched text: the finding goes into the route
+record, which the chat shows and stores. `spans()` gives the positions too, for redaction
+(router.redaction), still without the text.
 
-Speed matters (the router scans every request, whole conversation): every regex is compiled
-once, and each family is skipped unless a cheap substring test (`"@" in text`, a digit, ...)
-says it could match.
+Speed: the router scans every request. Each family is gated on cheap substring tests and calls
+its regexes and libraries only on candidate spans; a message's result is cached by its text,
+so the earlier turns of a conversation (and the cloud client's second look at the same request)
+cost a dictionary lookup.
+
+The modules: privacy_text (normalising, positions), privacy_numbers, privacy_secrets,
+privacy_prose (detectors), privacy_region (the user's regions), redaction (placeholders out,
+values back in).
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from router.protocol import Message, TandemError
+from router.privacy_numbers import find_numbers
+from router.privacy_prose import find_prose
+from router.privacy_region import DEFAULT_REGIONS, check_regions
+from router.privacy_secrets import find_secrets
+from router.privacy_text import Hit, normalize
+from router.protocol import ChatRequest, Message, TandemError
 
 __all__ = [
+    "KINDS",
     "KIND_LABELS",
     "Finding",
     "PrivacyConfigError",
     "PrivacyScanner",
+    "Span",
     "iban_valid",
     "luhn_valid",
 ]
@@ -36,16 +53,22 @@ KIND_LABELS: dict[str, str] = {
     "phone": "phone number",
     "card": "payment card number",
     "iban": "IBAN",
-    "ssn": "US social security number",
+    "national_id": "national id number",
     "private_key": "private key",
     "api_token": "API token",
+    "password": "password",
+    "credential_url": "password in a URL",
+    "address": "street address",
+    "birth_date": "date of birth",
+    "sensitive": "health or other sensitive personal data",
     "term": "private term",
     "pattern": "private pattern",
 }
+KINDS = tuple(KIND_LABELS)
 
 
 class PrivacyConfigError(TandemError, ValueError):
-    """A user privacy pattern is not a valid regular expression."""
+    """A user privacy pattern is not a valid regular expression, or a region is unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +79,8 @@ class Finding:
     """One of KIND_LABELS' keys."""
     message: int
     """Which message holds it, counting from 1 (the continued assistant text counts last)."""
+    part: str = ""
+    """"" for a message; "stop strings" or "adapter name" for the other fields of a request."""
 
     @property
     def label(self) -> str:
@@ -63,177 +88,66 @@ class Finding:
 
     def describe(self) -> str:
         """E.g. "email address in message 3"."""
-        return f"{self.label} in message {self.message}"
+        where = f"the {self.part}" if self.part else f"message {self.message}"
+        return f"{self.label} in {where}"
 
 
-# --- checksums ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where a finding is: message index (0-based) and the characters in the original text.
+    Holds positions only, so it can be logged or stored without the private text."""
+
+    kind: str
+    index: int
+    start: int
+    end: int
+    detail: str = field(default="", compare=False)
+
+
+# --- checksums (kept for callers; the libraries do the work) ----------------------------------
 
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn check every payment card number passes (digits only)."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
+    from stdnum import luhn
 
-
-_IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
-    "BR": 29, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20,
-    "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18,
-    "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30,
-    "KW": 30, "KZ": 20, "LB": 28, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24,
-    "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28,
-    "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SE": 24, "SI": 19, "SK": 24,
-    "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
-}  # fmt: skip
+    return luhn.is_valid(digits)
 
 
 def iban_valid(iban: str) -> bool:
-    """ISO 13616: known country length and the mod-97 check (spaces ignored)."""
-    s = iban.replace(" ", "").upper()
-    if _IBAN_LENGTHS.get(s[:2]) != len(s):
-        return False
-    rearranged = s[4:] + s[:4]
-    try:
-        number = int("".join(str(int(ch, 36)) for ch in rearranged))
-    except ValueError:
-        return False
-    return number % 97 == 1
+    """ISO 13616 (python-stdnum): known country, length and the mod-97 check."""
+    from stdnum import iban as std_iban
+
+    return std_iban.is_valid(iban)
 
 
-# --- patterns -------------------------------------------------------------------------------
+# --- the scanner ------------------------------------------------------------------------------
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# Digits must not continue a word, a number, a version or a decimal on either side.
-_CARD = re.compile(r"(?<![\w.+-])(?:\d[ -]?){12,18}\d(?![\w.-]?\d)(?!\w)")
-_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
-# Phone shapes: North American with separators, or international with a leading +.
-_PHONE = re.compile(
-    r"(?<![\w.+-])(?:"
-    r"(?:\+?1[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}"
-    r"|\+\d{1,3}(?:[\s.-]?\(?\d{1,4}\)?){2,6}"
-    r")(?![\w-]|\.\d)"
-)
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
-_TOKENS = re.compile(
-    r"(?<![\w-])(?:"
-    r"sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic style secret keys
-    r"|gh[pousr]_[A-Za-z0-9]{36,}"  # GitHub tokens
-    r"|github_pat_[A-Za-z0-9_]{22,}"
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key ids
-    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack tokens
-    r")(?![\w])"
-)
-# Where to look: the regexes above run only on small windows around these cheap hits, so a
-# conversation costs a handful of C-speed passes however long it is.
-_TOKEN_PREFIXES = (
-    *("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "xox"),
-)
-# Nine or more digit-ish characters: the shortest thing of interest is an SSN (9 digits).
-_NUMERIC = re.compile(r"\d[\d ().\-]{7,}\d")
-
-
-def _digits(s: str) -> str:
-    return "".join(ch for ch in s if ch.isdigit())
-
-
-def _occurrences(text: str, needle: str) -> Iterator[int]:
-    i = text.find(needle)
-    while i >= 0:
-        yield i
-        i = text.find(needle, i + 1)
+_CACHE_SIZE = 2048
+# Between messages scanned together: a line break stops every value pattern, and no pattern
+# matches a NUL.
+_SEPARATOR = "\n\x00\n"
+# Kinds a longer finding of another kind already covers (a phone number inside an address).
+_PRIORITY = {kind: i for i, kind in enumerate(KINDS)}
 
 
 def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
-class _Hits:
-    """Kinds found per message, over the messages joined into one text (one pass per family
-    instead of one per message): a position maps back to its message by bisection."""
-
-    def __init__(self, texts: Sequence[str]) -> None:
-        self.text = SEPARATOR.join(texts)
-        self.starts: list[int] = []
-        offset = 0
-        for t in texts:
-            self.starts.append(offset)
-            offset += len(t) + len(SEPARATOR)
-        self.found: set[tuple[int, str]] = set()
-
-    def message(self, pos: int) -> int:
-        return bisect_right(self.starts, pos)  # 1-based
-
-    def has(self, pos: int, kind: str) -> bool:
-        return (self.message(pos), kind) in self.found
-
-    def add(self, pos: int, kind: str) -> None:
-        self.found.add((self.message(pos), kind))
-
-
-# Between messages: no pattern here matches a NUL, so nothing spans two messages.
-SEPARATOR = "\x00"
-
-
-def _find_emails(h: _Hits) -> None:
-    text = h.text
-    for i in _occurrences(text, "@"):
-        if not h.has(i, "email"):
-            m = _EMAIL.search(text, max(0, i - 64), i + 256)
-            if m is not None:
-                h.add(m.start(), "email")
-
-
-def _find_keys(h: _Hits) -> None:
-    if "PRIVATE KEY" in h.text:
-        for m in _PRIVATE_KEY.finditer(h.text):
-            h.add(m.start(), "private_key")
-
-
-def _find_tokens(h: _Hits) -> None:
-    text = h.text
-    for prefix in _TOKEN_PREFIXES:
-        for i in _occurrences(text, prefix):
-            if not h.has(i, "api_token") and _TOKENS.match(text, i):
-                h.add(i, "api_token")
-
-
-def _find_numbers(h: _Hits) -> None:
-    text = h.text
-    for m in _NUMERIC.finditer(text):
-        pos = m.start()
-        # A window a little wider than the run, so the patterns' boundary checks see its
-        # neighbours (a "+" or "(" before a phone number, a letter that makes it an identifier).
-        start, end = max(0, pos - 4), m.end() + 2
-        if not h.has(pos, "ssn") and _SSN.search(text, start, end):
-            h.add(pos, "ssn")
-        if not h.has(pos, "card") and any(
-            luhn_valid(_digits(c.group())) for c in _CARD.finditer(text, start, end)
-        ):
-            h.add(pos, "card")
-        if not h.has(pos, "phone") and any(
-            10 <= len(_digits(p.group())) <= 15 for p in _PHONE.finditer(text, start, end)
-        ):
-            h.add(pos, "phone")
-        # IBANs: two letters, two check digits and a mostly numeric account number.
-        if not h.has(pos, "iban"):
-            for i in _IBAN.finditer(text, max(0, pos - 34), m.end() + 34):
-                if iban_valid(i.group()):
-                    h.add(i.start(), "iban")
-
-
 class PrivacyScanner:
     """Finds what must stay on the device in a conversation. Construct once (compiles the
-    user's terms and patterns), call `scan` per request."""
+    user's terms and patterns), call `scan` per request.
 
-    def __init__(self, terms: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
+    `regions`: ISO 3166 codes in which phone numbers written without a country code are read
+    (router.privacy_region picks them from the locale by default)."""
+
+    def __init__(
+        self,
+        terms: Iterable[str] = (),
+        patterns: Iterable[str] = (),
+        regions: Iterable[str] | None = None,
+    ) -> None:
         # Lower-cased once; matched as whole words ("Ann" must not match "annual") by a plain
         # substring search plus a look at the neighbours, much faster than one big regex.
         self._terms = sorted({t.strip().lower() for t in terms if t.strip()})
@@ -246,32 +160,102 @@ class PrivacyScanner:
                     f"privacy pattern {pattern!r} is not a valid regular expression ({exc}); "
                     "fix it in the config (privacy_patterns)"
                 ) from exc
+        try:
+            self.regions = check_regions(DEFAULT_REGIONS if regions is None else regions)
+        except ValueError as exc:
+            raise PrivacyConfigError(str(exc)) from exc
+        self._cache: OrderedDict[str, tuple[Hit, ...]] = OrderedDict()
 
-    def _find_terms(self, h: _Hits) -> None:
-        low = h.text.lower()
-        if len(low) != len(h.text):  # a few characters lower-case to two: keep positions true
-            low = "".join(ch.lower()[0] for ch in h.text)
+    # --- one text ---------------------------------------------------------------------------
+
+    def _hits(self, texts: Sequence[str]) -> list[tuple[Hit, ...]]:
+        """Every finding in each text (positions in that text). Results are cached by text;
+        the texts not in the cache are scanned joined into one, so that a long conversation
+        costs each detector one pass instead of one per message."""
+        cache = self._cache
+        results: list[tuple[Hit, ...] | None] = []
+        for text in texts:
+            cached = cache.get(text)
+            if cached is not None:
+                cache.move_to_end(text)
+            results.append(cached if text else ())
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            starts: list[int] = []
+            offset = 0
+            for i in missing:
+                starts.append(offset)
+                offset += len(texts[i]) + len(_SEPARATOR)
+            per: list[list[Hit]] = [[] for _ in missing]
+            for h in self._scan(_SEPARATOR.join(texts[i] for i in missing)):
+                k = bisect_right(starts, h.start) - 1
+                base = starts[k]
+                if h.end <= base + len(texts[missing[k]]):  # nothing spans two messages
+                    per[k].append(Hit(h.kind, h.start - base, h.end - base, h.detail))
+            for k, i in enumerate(missing):
+                results[i] = cache[texts[i]] = tuple(per[k])
+            while len(cache) > _CACHE_SIZE:
+                cache.popitem(last=False)
+        return [r or () for r in results]
+
+    def _scan(self, text: str) -> tuple[Hit, ...]:
+        if not text:
+            return ()
+        t = normalize(text)
+        found: list[Hit] = [
+            *find_secrets(t),
+            *find_numbers(t, self.regions),
+            *find_prose(t),
+        ]
+        if self._terms:
+            found += self._find_terms(t.low)
+        for pattern in self._patterns:
+            # User patterns run on the original text: that is what the user wrote them for.
+            found += [
+                Hit("pattern", m.start(), m.end())
+                for m in pattern.finditer(text)
+                if m.end() > m.start()
+            ]
+        out: list[Hit] = []
+        for h in _resolve(found):
+            if h.kind == "pattern":
+                out.append(h)
+                continue
+            start, end = t.original(h.start, h.end)
+            out.append(Hit(h.kind, start, end, h.detail))
+        return tuple(out)
+
+    def _find_terms(self, low: str) -> list[Hit]:
+        hits: list[Hit] = []
         for term in self._terms:
-            for i in _occurrences(low, term):
+            i = low.find(term)
+            while i >= 0:
                 before = low[i - 1] if i > 0 else " "
                 after = low[i + len(term)] if i + len(term) < len(low) else " "
                 if not (_is_word(before) or _is_word(after)):
-                    h.add(i, "term")
+                    hits.append(Hit("term", i, i + len(term)))
+                i = low.find(term, i + 1)
+        return hits
+
+    # --- a conversation -----------------------------------------------------------------------
+
+    def spans(self, texts: Sequence[str]) -> list[Span]:
+        """Every finding's place in these texts, in order."""
+        return [
+            Span(h.kind, i, h.start, h.end, h.detail)
+            for i, hits in enumerate(self._hits(texts))
+            for h in hits
+        ]
 
     def scan_texts(self, texts: Sequence[str]) -> list[Finding]:
         """Findings in these texts, in message order (message numbers count from 1), each
         kind once per message."""
-        h = _Hits(texts)
-        _find_emails(h)
-        _find_keys(h)
-        _find_tokens(h)
-        _find_numbers(h)
-        if self._terms:
-            self._find_terms(h)
-        for pattern in self._patterns:
-            for m in pattern.finditer(h.text):
-                h.add(m.start(), "pattern")
-        return [Finding(kind, message) for message, kind in sorted(h.found, key=_order)]
+        out: list[Finding] = []
+        for i, hits in enumerate(self._hits(texts)):
+            if hits:
+                kinds = {h.kind for h in hits}
+                out += [Finding(k, i + 1) for k in sorted(kinds, key=_PRIORITY.__getitem__)]
+        return out
 
     def scan(self, messages: Sequence[Message], continue_from: str = "") -> list[Finding]:
         """Findings in every message that would be sent (and in the text being continued)."""
@@ -280,9 +264,34 @@ class PrivacyScanner:
             texts.append(continue_from)
         return self.scan_texts(texts)
 
+    def scan_request(self, request: ChatRequest) -> list[Finding]:
+        """Findings in everything of `request` that goes over the wire: every message, the text
+        being continued, the stop strings and the adapter name (the cloud client's check)."""
+        findings = self.scan(request.messages, request.continue_from)
+        n = len(request.messages) + (1 if request.continue_from else 0)
+        extra = [("stop strings", s) for s in request.sampling.stop]
+        if request.adapter:
+            extra.append(("adapter name", request.adapter))
+        for part, text in extra:
+            for f in self.scan_texts([text]):
+                finding = Finding(f.kind, n + 1, part)
+                if finding not in findings:
+                    findings.append(finding)
+        return findings
 
-_KIND_ORDER = {kind: i for i, kind in enumerate(KIND_LABELS)}
 
-
-def _order(item: tuple[int, str]) -> tuple[int, int]:
-    return item[0], _KIND_ORDER[item[1]]
+def _resolve(hits: list[Hit]) -> list[Hit]:
+    """Overlapping findings: keep the longer one (an address holding a number is an address),
+    on a tie the kind listed first."""
+    if len(hits) < 2:
+        return hits
+    ordered = sorted(hits, key=lambda h: (h.start, -(h.end - h.start), _PRIORITY[h.kind]))
+    out: list[Hit] = []
+    for h in ordered:
+        if out and h.start < out[-1].end:
+            last = out[-1]
+            if h.end - h.start > last.end - last.start:
+                out[-1] = h
+            continue
+        out.append(h)
+    return out

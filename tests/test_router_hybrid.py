@@ -85,11 +85,11 @@ def _upstream_requests(gateway: Any) -> float:
 # --- privacy --------------------------------------------------------------------------------
 
 PRIVATE = {
-    "email": "My email is jane.doe@example.com. What is the capital of France?",
+    "email": "My email is jane.doe@fastmail.com. What is the capital of France?",
     "phone": "Call me on 555-123-4567. What is the capital of France?",
     "card": "My card is 4111 1111 1111 1111. What is the capital of France?",
     "iban": "Pay DE89 3704 0044 0532 0130 00. What is the capital of France?",
-    "ssn": "My SSN is 078-05-1120. What is the capital of France?",
+    "ssn": "My SSN is 536-22-8726. What is the capital of France?",
     "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
     "api_token": "Why does sk-abcdefghijklmnopqrstuvwxyz123456 fail?",
     "term": "What is the capital of Falconia?",

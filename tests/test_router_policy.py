@@ -76,7 +76,7 @@ def test_privacy_beats_a_cloud_override_pin_and_mode() -> None:
 
 
 def test_privacy_reason_lists_several_findings() -> None:
-    messages = (Message("user", "a@b.com 555-123-4567 078-05-1120"),)
+    messages = (Message("user", "a@b.com 555-123-4567 536-22-8726"),)
     assert _decide(_input(messages))[2] == (
         "email address in message 1, phone number in message 1 and 1 more → kept on this device"
     )

@@ -1,0 +1,566 @@
+"""Numbers that identify a person: phone numbers (phonenumbers, in the user's regions), payment
+cards (issuer ranges plus Luhn, any separator), IBANs and national ids and tax numbers
+(python-stdnum, with their checksums).
+
+Candidates come from the `shape` view (digits → "0") by substring and small regexes, and the
+libraries run only on those few spans: a conversation of numbers that are none of these costs
+one pass. An id without a checksum (UK National Insurance number, passport numbers) counts
+only with a word naming it close by, as Presidio's recognizers do; so do the ids whose
+checksum is a single digit (a tenth of all numbers would pass it).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import phonenumbers
+from stdnum import iban as std_iban
+from stdnum import luhn
+from stdnum.au import tfn
+from stdnum.br import cpf
+from stdnum.ca import sin
+from stdnum.de import idnr
+from stdnum.es import dni, nie
+from stdnum.fr import nir
+from stdnum.in_ import aadhaar, pan
+from stdnum.it import codicefiscale
+from stdnum.nl import bsn
+from stdnum.us import itin, ssn
+
+from router.privacy_text import Hit, ScanText, near
+
+__all__ = ["find_numbers"]
+
+# A run of digits with separators between them (on the shape view, where every digit is "0").
+# Six digits or more: "00" first lets the regex engine skip ahead by substring search.
+_RUN = re.compile(r"00(?:[ \-./()]{0,2}0){4,}")
+_SEPARATORS = re.compile(r"[ \-./()]+")
+
+# --- look-alikes ------------------------------------------------------------------------------
+_DATE = re.compile(r"^(?:\d{4}-\d\d-\d\d|\d{1,2}[./-]\d{1,2}[./-](?:\d{4}|\d\d))$")
+_IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+_VERSIONISH = re.compile(r"^\d+(?:\.\d+){2,}$")
+_FOURS = re.compile(r"^\d{4}(?:\.\d{4}){2,3}(?:\.\d{1,4})?$")
+
+
+def _fictional_phone(national: str, region: str) -> bool:
+    """Numbers set aside for fiction and documentation: NANP 555-0100…0199, Ofcom's drama
+    ranges in the UK."""
+    if region in ("US", "CA") or (national.startswith("1") and len(national) == 11):
+        n = national[-10:] if len(national) >= 10 else national[-7:]
+        local = n[-7:]
+        return local.startswith("55501")
+    if region == "GB":
+        n = national.lstrip("0")
+        return n.startswith(
+            (
+                "2079460",
+                "7700900",
+                "1632960",
+                "1134960",
+                "1144960",
+                "1154960",
+                "1164960",
+                "1174960",
+                "1184960",
+                "1214960",
+                "1314960",
+                "1414960",
+                "1514960",
+                "1614960",
+                "2896496",
+                "2920180",
+                "8081570",
+                "9098790",
+            )
+        )
+    return False
+
+
+# --- payment cards ----------------------------------------------------------------------------
+# (first digits, allowed lengths): Visa, Mastercard (51–55, 2221–2720), Amex, Discover, JCB,
+# Diners, UnionPay, Maestro. ISBNs and EANs (978/979, other 9s) fall outside every range.
+_CARD_RANGES: tuple[tuple[int, int, tuple[int, ...]], ...] = (
+    (4, 4, (13, 16, 19)),
+    (51, 55, (16,)),
+    (2221, 2720, (16,)),
+    (34, 34, (15,)),
+    (37, 37, (15,)),
+    (6011, 6011, (16, 17, 18, 19)),
+    (644, 649, (16, 19)),
+    (65, 65, (16, 19)),
+    (3528, 3589, (16, 17, 18, 19)),
+    (300, 305, (14, 16, 19)),
+    (36, 36, (14, 16, 19)),
+    (38, 39, (14, 16, 19)),
+    (62, 62, (16, 17, 18, 19)),
+    (50, 50, (12, 13, 14, 15, 16, 17, 18, 19)),
+    (56, 58, (12, 13, 14, 15, 16, 17, 18, 19)),
+    (67, 67, (12, 13, 14, 15, 16, 17, 18, 19)),
+)
+
+
+def _issuer_range(digits: str) -> bool:
+    for low, high, lengths in _CARD_RANGES:
+        width = len(str(low))
+        if len(digits) in lengths and low <= int(digits[:width]) <= high:
+            return True
+    return False
+
+
+def _card_grouping(groups: list[int], separators: set[str]) -> bool:
+    """Card numbers are written whole, in fours (the last group shorter), or as Amex and
+    Diners print them; one kind of separator throughout."""
+    if len(groups) == 1:
+        return True
+    if len(separators) != 1:
+        return False
+    if all(g == 4 for g in groups[:-1]) and 1 <= groups[-1] <= 4:
+        return True
+    return groups in ([4, 6, 5], [4, 6, 4])
+
+
+# Words that make a long number something else: an order, a parcel, a book.
+_NOT_PERSONAL = (
+    "order",
+    "tracking",
+    "invoice",
+    "ref",
+    "isbn",
+    "ean",
+    "serial",
+    "ticket",
+    "parcel",
+    "shipment",
+    "sku",
+    "batch",
+    "build",
+    "version",
+    "id ",
+)
+
+
+def _card(raw: str, digits: str) -> bool:
+    if not 12 <= len(digits) <= 19 or not _issuer_range(digits) or not luhn.is_valid(digits):
+        return False
+    groups = [len(g) for g in _SEPARATORS.split(raw) if g]
+    return _card_grouping(groups, set(_SEPARATORS.findall(raw)))
+
+
+# --- phone numbers ------------------------------------------------------------------------------
+_PHONE_WORDS = (
+    "call", "phone", "tel", "mobile", "cell", "number", "fax", "whatsapp", "text me", "sms",
+    "ring", "reach me", "contact", "dial", "telefon", "handy", "mobil", "rufnummer", "portable",
+    "téléphone", "numéro", "teléfono", "móvil", "celular", "telefono", "cellulare", "nummer",
+    "bel me", "signal",
+)  # fmt: skip
+_NANP_GROUPED = re.compile(r"^(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}$")
+
+
+_NANP = frozenset({"US", "CA"})
+
+
+@functools.cache
+def _trunk(region: str) -> str:
+    """The national (trunk) prefix a number dialled inside `region` starts with ("0" in most
+    of Europe; "" where there is none, e.g. Spain and Italy)."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return (meta.national_prefix or "") if meta is not None else ""
+
+
+def _phone(
+    t: ScanText,
+    raw: str,
+    start: int,
+    end: int,
+    digits: str,
+    regions: tuple[str, ...],
+    context: bool,
+) -> bool:
+    if not 7 <= len(digits) <= 15 or "/" in raw:
+        return False
+    international = raw.startswith("+") or digits.startswith("00")
+    candidate = (
+        ("+" + digits[2:] if digits.startswith("00") else "+" + digits) if international else raw
+    )
+    groups = len([g for g in _SEPARATORS.split(raw) if g])
+    # A bare run of digits reads as a phone number only when it looks like one: a trunk
+    # prefix, brackets, three groups or more, or a word saying so.
+    shaped = (
+        international
+        or raw.startswith(("0", "("))
+        or groups >= 3
+        or (context and near(t.low, start, end, _PHONE_WORDS))
+    )
+    if not shaped:
+        return False
+    for region in (None,) if international else regions:
+        if (
+            region is not None
+            and region not in _NANP
+            and not raw.lstrip("(").startswith(_trunk(region))
+        ):
+            continue  # written nationally, a number there starts with the trunk prefix
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        where = phonenumbers.region_code_for_number(number) or region or ""
+        national = str(number.national_number)
+        if _fictional_phone(national, where):
+            return False
+        if phonenumbers.is_valid_number(number):
+            return True
+    # North American numbers grouped 3-3-4 read as phone numbers even in unassigned area codes.
+    if "US" in regions or "CA" in regions:
+        return bool(_NANP_GROUPED.match(raw)) and not digits.endswith(
+            tuple(f"55501{d}{e}" for d in "0123456789" for e in "0123456789")
+        )
+    return False
+
+
+# --- national ids -----------------------------------------------------------------------------
+_ID_WORDS = (
+    "ssn", "social security", "itin", "taxpayer", "tax id", "tax number", "tin", "steuer",
+    "identifikationsnummer", "idnr", "nir", "sécurité sociale", "securite sociale", "insee",
+    "dni", "nie", "nif", "documento", "codice fiscale", "fiscal", "bsn", "burgerservice", "sofi",
+    "aadhaar", "aadhar", "uid", "pan", "permanent account", "sin", "social insurance", "tfn",
+    "tax file", "cpf", "national insurance", "ni number", "ni no", "nino", "id number",
+    "id card", "identity", "ausweis", "identité", "identidad", "passport", "reisepass",
+    "passeport", "pasaporte", "passaporto", "paspoort",
+)  # fmt: skip
+_PASSPORT_WORDS = ("passport", "reisepass", "passeport", "pasaporte", "passaporto", "paspoort")
+_NINO_WORDS = ("national insurance", "ni number", "ni no", "nino", "nin ")
+
+
+@dataclass(frozen=True, slots=True)
+class _Id:
+    detail: str
+    pattern: re.Pattern[str]
+    valid: Callable[[str], bool]
+    words: tuple[str, ...] | None
+    """Words of which one must be near; None: the checksum and format are strong enough."""
+    digits: tuple[int, ...]
+    """How many digits the candidate run may hold (a cheap test before the regex)."""
+    glued: bool = False
+    """Letters belong right next to the digits (DNI, codice fiscale, PAN...)."""
+
+
+def _nino(value: str) -> bool:
+    v = value.replace(" ", "").upper()
+    return v[:2] not in ("BG", "GB", "KN", "NK", "NT", "TN", "ZZ")
+
+
+# Published examples, not anyone's number: the SSA's advertising range and the famous ones.
+_EXAMPLE_SSNS = frozenset({"123456789", "078051120", "219099999", "457555462"}) | {
+    f"98765432{d}" for d in "0123456789"
+}
+
+
+def _ssn(value: str) -> bool:
+    return ssn.is_valid(value) and ssn.compact(value) not in _EXAMPLE_SSNS
+
+
+def _strong_ssn(value: str) -> bool:
+    return "-" in value and _ssn(value)
+
+
+_SSN_WORDS = ("ssn", "social security")
+_IDS: tuple[_Id, ...] = (
+    _Id(
+        "US social security number",
+        re.compile(r"(?<![\d-])\d{3}-\d\d-\d{4}(?![\d-])"),
+        _strong_ssn,
+        None,
+        (9,),
+    ),
+    _Id(
+        "US social security number",
+        re.compile(r"(?<!\d)\d{3} ?\d\d ?\d{4}(?!\d)"),
+        _ssn,
+        _SSN_WORDS,
+        (9,),
+    ),
+    _Id(
+        "US ITIN", re.compile(r"(?<![\d-])9\d\d-[5-9]\d-\d{4}(?![\d-])"), itin.is_valid, None, (9,)
+    ),
+    _Id(
+        "US ITIN",
+        re.compile(r"(?<!\d)9\d\d ?[5-9]\d ?\d{4}(?!\d)"),
+        itin.is_valid,
+        ("itin", "taxpayer"),
+        (9,),
+    ),
+    _Id(
+        "UK National Insurance number",
+        re.compile(
+            r"(?<![A-Za-z0-9])[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d\d ?\d\d ?\d\d ?"
+            r"[A-D](?![A-Za-z0-9])"
+        ),
+        _nino,
+        _NINO_WORDS,
+        (6,),
+        glued=True,
+    ),
+    _Id(
+        "German tax id",
+        re.compile(r"(?<!\d)\d\d ?\d{3} ?\d{3} ?\d{3}(?!\d)"),
+        idnr.is_valid,
+        ("steuer", "tax id", "identifikationsnummer", "idnr", "tin", "tax number"),
+        (11,),
+    ),
+    _Id(
+        "French social security number (NIR)",
+        re.compile(r"(?<!\d)[12] ?\d\d ?\d\d ?(?:\d\d|2[AB]) ?\d{3} ?\d{3} ?\d\d(?!\d)"),
+        nir.is_valid,
+        None,
+        (13, 15),
+    ),
+    _Id(
+        "Spanish DNI",
+        re.compile(r"(?<![\dA-Za-z])\d{8}-?[A-Z](?![A-Za-z0-9])"),
+        dni.is_valid,
+        None,
+        (8,),
+        glued=True,
+    ),
+    _Id(
+        "Spanish NIE",
+        re.compile(r"(?<![\dA-Za-z])[XYZ]-?\d{7}-?[A-Z](?![A-Za-z0-9])"),
+        nie.is_valid,
+        None,
+        (7,),
+        glued=True,
+    ),
+    _Id(
+        "Italian codice fiscale",
+        re.compile(
+            r"(?<![A-Za-z0-9])[A-Z]{6}[0-9LMNP-V]{2}[A-Z][0-9LMNP-V]{2}[A-Z]"
+            r"[0-9LMNP-V]{3}[A-Z](?![A-Za-z0-9])"
+        ),
+        codicefiscale.is_valid,
+        None,
+        (1, 2, 3),
+        glued=True,
+    ),
+    _Id(
+        "Dutch BSN",
+        re.compile(r"(?<!\d)\d{4}\.?\d\d\.?\d{3}(?!\d)"),
+        bsn.is_valid,
+        ("bsn", "burgerservice", "sofi"),
+        (9,),
+    ),
+    _Id(
+        "Indian Aadhaar",
+        re.compile(r"(?<!\d)[2-9]\d{3} ?\d{4} ?\d{4}(?!\d)"),
+        aadhaar.is_valid,
+        ("aadhaar", "aadhar", "uid"),
+        (12,),
+    ),
+    _Id(
+        "Indian PAN",
+        re.compile(
+            r"(?<![A-Za-z0-9])[A-Z]{3}[PCHFATBLJG][A-Z]\d{4}[A-Z]"
+            r"(?![A-Za-z0-9])"
+        ),
+        pan.is_valid,
+        None,
+        (4,),
+        glued=True,
+    ),
+    _Id(
+        "Canadian SIN",
+        re.compile(r"(?<!\d)\d{3}[ -]?\d{3}[ -]?\d{3}(?!\d)"),
+        sin.is_valid,
+        ("sin", "social insurance"),
+        (9,),
+    ),
+    _Id(
+        "Australian TFN",
+        re.compile(r"(?<!\d)\d{3} ?\d{3} ?\d{2,3}(?!\d)"),
+        tfn.is_valid,
+        ("tfn", "tax file"),
+        (8, 9),
+    ),
+    _Id(
+        "Brazilian CPF",
+        re.compile(r"(?<!\d)\d{3}\.\d{3}\.\d{3}-\d\d(?!\d)"),
+        cpf.is_valid,
+        None,
+        (11,),
+    ),
+    _Id("Brazilian CPF", re.compile(r"(?<!\d)\d{11}(?!\d)"), cpf.is_valid, ("cpf",), (11,)),
+    _Id(
+        "passport number",
+        re.compile(r"(?<![A-Za-z0-9])[A-Z]{0,2}\d{6,9}[A-Z]?(?![A-Za-z0-9])"),
+        lambda _: True,
+        _PASSPORT_WORDS,
+        (6, 7, 8, 9),
+        glued=True,
+    ),
+)
+_CONTEXT_SET = frozenset(phrase.split()[0] for phrase in (*_ID_WORDS, *_PHONE_WORDS)) | {
+    "calls",
+    "phones",
+    "mobiles",
+    "numbers",
+    "passports",
+    "ssns",
+    "tel",
+    "steuer-id",
+    "telefonnummer",
+    "handynummer",
+    "steuernummer",
+    "steueridentifikationsnummer",
+    "sozialversicherungsnummer",
+    "ausweisnummer",
+    "passnummer",
+    "telefoonnummer",
+}
+# Ids with letters in them (PAN, codice fiscale): found from "two capitals, two digits".
+_LETTER_IDS = tuple(spec for spec in _IDS if spec.glued and spec.words is None)
+
+
+def _context(t: ScanText) -> bool:
+    """Whether the message has any word that names a phone number or an id (one set lookup;
+    the near() checks below run only then)."""
+    return not _CONTEXT_SET.isdisjoint(t.words)
+
+
+def _ids(t: ScanText, start: int, end: int, n: int, glued: bool, context: bool) -> Iterator[Hit]:
+    """National ids in a window around a candidate run of `n` digits."""
+    lo, hi = max(0, start - 12), min(len(t.text), end + 12)
+    for spec in _IDS:
+        if (n not in spec.digits and spec.digits) or (glued and not spec.glued):
+            continue
+        if spec.words is not None and not (context and near(t.low, start, end, spec.words, 64)):
+            continue
+        for m in spec.pattern.finditer(t.text, lo, hi):
+            if m.end() <= start or m.start() >= end:
+                continue
+            if spec.valid(m.group()):
+                yield Hit("national_id", m.start(), m.end(), spec.detail)
+                return
+
+
+# --- IBANs ------------------------------------------------------------------------------------
+_IBAN = re.compile(r"[A-Z]{2}\d\d(?: ?[A-Z0-9]){10,32}")
+
+
+def _letter_ids(t: ScanText, i: int) -> Iterator[Hit]:
+    lo, hi = max(0, i - 8), min(len(t.text), i + 20)
+    for spec in _LETTER_IDS:
+        for m in spec.pattern.finditer(t.text, lo, hi):
+            if spec.valid(m.group()):
+                yield Hit("national_id", m.start(), m.end(), spec.detail)
+                return
+
+
+def _ibans(t: ScanText) -> Iterator[Hit]:
+    i = t.shape.find("AA00")
+    while i >= 0:
+        yield from _letter_ids(t, i)
+        m = _IBAN.match(t.text, i)
+        if m is not None and (i == 0 or not t.text[i - 1].isalnum()):
+            compact = m.group().replace(" ", "")
+            # The greedy match may run into the next word: try the lengths IBANs come in.
+            for length in range(min(34, len(compact)), 14, -1):
+                if std_iban.is_valid(compact[:length]):
+                    # map the compact length back to the spaced text
+                    seen, j = 0, i
+                    while seen < length:
+                        if t.text[j] != " ":
+                            seen += 1
+                        j += 1
+                    yield Hit("iban", i, j, "")
+                    break
+        i = t.shape.find("AA00", i + 4)
+
+
+# --- the pass ----------------------------------------------------------------------------------
+
+
+def find_numbers(t: ScanText, regions: tuple[str, ...]) -> Iterator[Hit]:
+    """Phone numbers, cards, IBANs and national ids in one message."""
+    yield from _ibans(t)
+    shape = t.shape
+    if "00" not in shape:
+        return
+    context: list[bool] = []  # computed once, when a candidate first needs it
+    for m in _RUN.finditer(shape):
+        start, end = m.span()
+        # The run may begin with a shorter group ("5 551 2345"): take it in.
+        while start >= 2 and shape[start - 1] in " -./()" and shape[start - 2] == "0":
+            start -= 2
+            while start > 0 and shape[start - 1] == "0":
+                start -= 1
+        hit = _classify(t, start, end, regions, context)
+        if hit is not None:
+            yield hit
+        elif " " in t.text[start:end]:
+            # Two numbers side by side ("555-123-4567 536-22-8726"): try the groups the
+            # spaces make, longest first.
+            yield from _pieces(t, start, end, regions, context)
+
+
+def _pieces(
+    t: ScanText, start: int, end: int, regions: tuple[str, ...], context: list[bool]
+) -> Iterator[Hit]:
+    bounds = [(m.start() + start, m.end() + start) for m in re.finditer(r"\S+", t.text[start:end])]
+    if len(bounds) > 12:
+        return
+    taken: list[tuple[int, int]] = []
+    for size in range(len(bounds) - 1, 0, -1):
+        for i in range(len(bounds) - size + 1):
+            s, e = bounds[i][0], bounds[i + size - 1][1]
+            if any(s < te and ts < e for ts, te in taken):
+                continue
+            hit = _classify(t, s, e, regions, context)
+            if hit is not None:
+                taken.append((s, e))
+                yield hit
+
+
+def _classify(
+    t: ScanText, start: int, end: int, regions: tuple[str, ...], context: list[bool]
+) -> Hit | None:
+    raw = t.text[start:end]
+    bare = raw.isdigit()
+    n = len(raw) if bare else sum(c.isdigit() for c in raw)
+    # Letters glued to the run make it part of an identifier (a hash, a code): only the id
+    # patterns that say exactly where letters belong look at it then.
+    glued = (start > 0 and t.text[start - 1].isalpha()) or (
+        end < len(t.text) and t.text[end].isalpha()
+    )
+    if n < 6 and not glued:
+        return None
+    if not context:
+        context.append(_context(t))
+    named = context[0]
+    # The common case, a plain number in a text that names no id or phone: nothing here
+    # reads it without a word (a trunk "0" or twelve digits and more aside).
+    if bare and not named and not glued and n < 12 and raw[0] != "0":
+        return None
+    if not bare and (_DATE.match(raw) or _IPV4.match(raw)):
+        return None
+    if not bare and _VERSIONISH.match(raw) and not (_FOURS.match(raw) or _NANP_GROUPED.match(raw)):
+        return None
+    found = next(_ids(t, start, end, n, glued, named), None)
+    if found is not None:
+        return found
+    if glued or n < 7:
+        return None
+    if start > 0 and t.text[start - 1] in "+(":
+        start -= 1
+        raw = t.text[start:end]
+    if near(t.low, start, start, _NOT_PERSONAL, 24, 0):
+        return None
+    digits = "".join(c for c in raw if c.isdigit())
+    if _card(raw, digits):
+        return Hit("card", start, end, "")
+    if _phone(t, raw, start, end, digits, regions, named):
+        return Hit("phone", start, end, "")
+    return None

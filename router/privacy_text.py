@@ -1,0 +1,167 @@
+"""Text as the privacy scanner reads it: NFKC, every Unicode space and dash as its ASCII form,
+other-script digits as ASCII digits, zero-width characters and soft hyphens dropped — with each
+position mapped back to the original, so a finding (and a redaction) still points at the
+characters the user wrote.
+
+Also the two cheap views the detectors gate on: `shape` (digits → "0", A–Z → "A", a–z → "a",
+all else kept) turns "a digit run", "two capitals then two digits" into plain substring
+searches, which run at C speed where a character-class regex would step through every
+character in Python's regex engine.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+__all__ = ["Hit", "ScanText", "near", "normalize"]
+
+_DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d")
+_DROPPED = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_SHAPE_MAP = {
+    **{c: "0" for c in "0123456789"},
+    **{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"},
+    **{c: "a" for c in "abcdefghijklmnopqrstuvwxyz"},
+}
+_SHAPE = str.maketrans(_SHAPE_MAP)
+# bytes.translate runs at memory speed; str.translate looks every character up in a dict.
+_SHAPE_BYTES = bytes(ord(_SHAPE_MAP.get(chr(b), chr(b))) for b in range(256))
+_PUNCTUATION = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
+_WORD_BYTES = bytes(32 if chr(b) in _PUNCTUATION else b for b in range(256))
+_WORD_MAP = str.maketrans({c: " " for c in _PUNCTUATION})
+
+
+def _replacement(ch: str) -> str:
+    if ch in _DROPPED:
+        return ""
+    if ch in _DASHES:
+        return "-"
+    category = unicodedata.category(ch)
+    if category == "Zs":
+        return " "
+    if category == "Nd":
+        return str(unicodedata.decimal(ch))
+    out = unicodedata.normalize("NFKC", ch)
+    # NFKC leaves some dashes and spaces it produces (e.g. from compatibility forms) as is.
+    return "".join(
+        "-" if c in _DASHES else " " if unicodedata.category(c) == "Zs" else c for c in out
+    )
+
+
+class Hit(NamedTuple):
+    """What a detector found: its kind, where (normalised positions) and, for some kinds, which
+    sort it is ("UK National Insurance number"). Never the matched text."""
+
+    kind: str
+    start: int
+    end: int
+    detail: str = ""
+
+
+def near(
+    low: str, start: int, end: int, words: tuple[str, ...], before: int = 48, after: int = 24
+) -> bool:
+    """Whether one of `words` (lower-case) is written close to [start, end)."""
+    window = low[max(0, start - before) : end + after]
+    return any(w in window for w in words)
+
+
+@dataclass(slots=True)
+class ScanText:
+    """One message as the detectors see it."""
+
+    text: str
+    """Normalised text; detectors report positions in it."""
+    # Breakpoints of the position map: normalised start → (original start, linear). A linear
+    # segment maps one to one; a non-linear one (a character that became several, or none)
+    # maps every position to the same original character.
+    _norm_starts: list[int] = field(default_factory=list)
+    _segments: list[tuple[int, int, bool]] = field(default_factory=list)
+    original_length: int = 0
+    _low: str | None = None
+    _shape: str | None = None
+    _words: frozenset[str] | None = None
+
+    @property
+    def low(self) -> str:
+        if self._low is None:
+            low = self.text.lower()
+            # A few characters lower-case to two (İ): keep positions true.
+            self._low = (
+                low if len(low) == len(self.text) else "".join(c.lower()[0] for c in self.text)
+            )
+        return self._low
+
+    @property
+    def shape(self) -> str:
+        if self._shape is None:
+            text = self.text
+            self._shape = (
+                text.encode("ascii").translate(_SHAPE_BYTES).decode("ascii")
+                if text.isascii()
+                else text.translate(_SHAPE)
+            )
+        return self._shape
+
+    @property
+    def words(self) -> frozenset[str]:
+        """The lower-case words (punctuation splits them): one set that every keyword gate
+        looks into instead of a substring search per keyword."""
+        if self._words is None:
+            low = self.low
+            split = (
+                low.encode("ascii").translate(_WORD_BYTES).decode("ascii")
+                if low.isascii()
+                else low.translate(_WORD_MAP)
+            ).split()
+            self._words = frozenset(split)
+        return self._words
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        """The original text's span for the normalised span [start, end)."""
+        if not self._segments:
+            return start, end
+        return self._at(start), self._at(end - 1) + 1 if end > start else self._at(start)
+
+    def _at(self, pos: int) -> int:
+        i = bisect_right(self._norm_starts, pos) - 1
+        norm_start, orig_start, linear = self._segments[i]
+        return orig_start + (pos - norm_start) if linear else orig_start
+
+
+def normalize(text: str) -> ScanText:
+    """`text` normalised for matching, with its position map."""
+    if text.isascii():
+        return ScanText(text, original_length=len(text))
+    parts: list[str] = []
+    norm_starts: list[int] = []
+    segments: list[tuple[int, int, bool]] = []
+    norm = orig = 0
+    for m in _NON_ASCII.finditer(text):
+        if m.start() > orig:  # the ASCII run before it maps one to one
+            norm_starts.append(norm)
+            segments.append((norm, orig, True))
+            parts.append(text[orig : m.start()])
+            norm += m.start() - orig
+        for i in range(m.start(), m.end()):
+            rep = _replacement(text[i])
+            if len(rep) == 1:
+                norm_starts.append(norm)
+                segments.append((norm, i, True))
+            elif rep:
+                norm_starts.append(norm)
+                segments.append((norm, i, False))
+            parts.append(rep)
+            norm += len(rep)
+        orig = m.end()
+    if orig < len(text):
+        norm_starts.append(norm)
+        segments.append((norm, orig, True))
+        parts.append(text[orig:])
+    if not segments:
+        segments, norm_starts = [(0, 0, True)], [0]
+    return ScanText("".join(parts), norm_starts, segments, original_length=len(text))
