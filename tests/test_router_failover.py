@@ -157,7 +157,7 @@ async def test_device_failure_moves_to_the_cloud_when_allowed() -> None:
 @pytest.mark.parametrize(
     ("settings", "text"),
     [
-        (RouterSettings(), "my email is jane@example.com"),
+        (RouterSettings(), "my email is jane@fastmail.com"),
         (RouterSettings(mode="local-only"), "What is the capital of France?"),
         (RouterSettings(), "/local What is the capital of France?"),
     ],
