@@ -3,7 +3,9 @@
 The worker feeds a `Sequence` one sampled token at a time (`add_token`), whichever path
 produced it (single stream, speculative, or batch). The sequence turns tokens into text deltas,
 holds back text that could be the start of a stop string, and posts events to the asyncio side
-through `post` (a thread-safe callable supplied by the engine).
+through `post` (a thread-safe callable supplied by the engine). Each delta says how many
+tokens it holds (text held back makes the next delta hold several). Its `status` and
+`prefill_left` are the scheduler's (local/scheduler.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from local.scheduler import SeqStatus
 from router.protocol import BackendError, ChatRequest, Final, FinishReason, TextDelta, Usage
 
 __all__ = ["Sequence", "StopText"]
@@ -71,6 +74,8 @@ class Sequence:
     eos_ids: frozenset[int]
     model_name: str
     submitted_at: float = field(default_factory=time.perf_counter)
+    """perf_counter() when the request was handed to the engine (before templating and
+    tokenization): the time to first token is measured from here."""
     generated: list[int] = field(default_factory=list)
     cached_prompt_tokens: int = 0
     draft_tokens_accepted: int = 0
@@ -78,8 +83,12 @@ class Sequence:
     first_token_at: float | None = None
     last_token_at: float | None = None
     peak_memory_bytes: int | None = None
-    state: str = "new"
-    """new → waiting → active → done (written by the worker, read for the engine's load)."""
+    status: SeqStatus = SeqStatus.WAITING
+    """The scheduler's state machine (worker thread only)."""
+    prefill_left: int = 0
+    """Prompt tokens not yet in this sequence's cache (set by the runner)."""
+    adapter_version: str | None = None
+    """The content hash of the adapter files this sequence runs with (set by the worker)."""
     eos_token: int | None = None
     """The end-of-sequence token that ended the answer, if one did (it is in the KV cache)."""
     done: bool = False
@@ -87,6 +96,8 @@ class Sequence:
     """Set from the asyncio side when the consumer closed the stream; read by the worker."""
     _stop: StopText = field(init=False)
     _stopped_on_text: bool = field(default=False, init=False)
+    _unposted: int = field(default=0, init=False)
+    """Tokens whose text has not gone out in a delta yet (held back, or not a whole char)."""
 
     def __post_init__(self) -> None:
         self._stop = StopText(self.request.sampling.stop)
@@ -112,7 +123,11 @@ class Sequence:
     def key(self) -> tuple[str | None, str] | None:
         """Where this conversation's cache is kept; None for a one-off request."""
         cid = self.request.conversation_id
-        return None if cid is None else (self.request.adapter, cid)
+        adapter = self.request.adapter
+        if cid is None:
+            return None
+        # A retrained adapter is another model: its caches must not be reused.
+        return (None if adapter is None else f"{adapter}@{self.adapter_version}", cid)
 
     def fed_tokens(self) -> list[int]:
         """Every token the model has seen or produced for this sequence, in order."""
@@ -129,12 +144,13 @@ class Sequence:
             self.eos_token = token
             return "stop"
         self.generated.append(token)
+        self._unposted += 1
         if from_draft:
             self.draft_tokens_accepted += 1
         self.detokenizer.add_token(token)
         out, stopped = self._stop.feed(self.detokenizer.last_segment)
         if out:
-            self.post(TextDelta(out))
+            self._post_text(out)
         if stopped:
             self._stopped_on_text = True
             return "stop"
@@ -147,20 +163,22 @@ class Sequence:
         if self.done:
             return
         self.done = True
-        self.state = "done"
         if reason != "cancelled" and not self._stopped_on_text:
             self.detokenizer.finalize()
             out, stopped = self._stop.feed(self.detokenizer.last_segment)
             tail = out if stopped else out + self._stop.flush()
             if tail:
-                self.post(TextDelta(tail))
+                self._post_text(tail)
         self.post(Final(reason, self.usage(peak_memory_bytes), "local", self.model_name,
                         self.request.adapter))
+
+    def _post_text(self, text: str) -> None:
+        self.post(TextDelta(text, tokens=self._unposted))
+        self._unposted = 0
 
     def fail(self, error: BackendError) -> None:
         if not self.done:
             self.done = True
-            self.state = "done"
             self.post(error)
 
     def usage(self, peak_memory_bytes: int | None = None) -> Usage:

@@ -1,9 +1,20 @@
-"""The engine's worker thread: it owns every MLX object and does all MLX work.
+"""The engine's worker thread: it owns every MLX object and runs the lanes' steps.
 
-It blocks on its inbox while idle; while any lane has work it takes whatever has arrived
-(new requests, wake-ups after a cancellation, stop) between steps, steps each lane once, then
-delivers the events of that step to the asyncio side with one `call_soon_threadsafe` per event
-loop (not one per token and sequence).
+One `Lane` per model variant (the base model, or the base model with one version of one
+adapter): a pure `Scheduler` (local/scheduler.py) decides, a `Runner` (local/runner.py)
+executes. The loop blocks on its inbox while idle; while any lane has work it takes whatever
+has arrived between steps (new requests, wake-ups after a cancellation, adapters read, stop),
+steps each lane once, delivers that step's events with one `call_soon_threadsafe` per event
+loop, and publishes an immutable `LoadSnapshot` that the engine reads from any thread.
+
+Nobody waits forever: a failure inside a lane fails that lane's sequences; a failure anywhere
+else, or while failing a lane, ends the loop, and on its way out the worker fails every open
+sequence (in the lanes, waiting for an adapter, or still in the inbox) and refuses new ones.
+
+Adapters are read (resolved, read from disk, hashed) on a reader thread of its own; only the
+MLX part (LoRA layers over the shared base weights, from bytes in memory) runs here, between
+two steps. Lanes are keyed by the adapter's content hash, so a retrained adapter is loaded
+again; the old version's lane is dropped once its answers are done.
 """
 
 from __future__ import annotations
@@ -12,21 +23,21 @@ import asyncio
 import contextlib
 import queue
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local.batching import Lane, model_error
+from local.adapters import AdapterFiles, AdapterReader, build_adapter_model
 from local.kvcache import ConversationCaches
-from local.loading import Loaded, load_adapter_model, load_main, resolve_folder
+from local.lane import Lane, TokenRate
+from local.loading import Loaded, load_main, resolve_folder
+from local.runner import Runner, model_error
+from local.scheduler import CHUNK_TOKENS, Scheduler
 from local.sequence import Sequence
 from router.protocol import BackendError, ModelError, Unavailable
 
-__all__ = ["Stop", "Submit", "Wake", "Worker", "WorkerSettings"]
-
+__all__ = ["LoadSnapshot", "Stop", "Submit", "Wake", "Worker", "WorkerSettings"]
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
@@ -40,9 +51,20 @@ class WorkerSettings:
     adapter_resolver: Callable[[str], Path] | None
     guard: Callable[[Path, Path | None], None] | None = None
     """The memory guard: raises when the model (and draft) at these folders would not fit."""
+    chunk_tokens: int = CHUNK_TOKENS
 
 
-RATE_WINDOW_S = 5.0
+@dataclass(frozen=True, slots=True)
+class LoadSnapshot:
+    """The worker's load after its last step; replaced whole, never changed (any thread may
+    read it while the worker works)."""
+
+    queue_depth: int = 0
+    active: int = 0
+    adapters: tuple[str, ...] = ()
+    tokens_per_s: float | None = None
+    taken: int = 0
+    """Submissions the worker has taken from its inbox so far."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,47 +81,51 @@ class Wake:
     pass
 
 
-class _TokenRate:
-    """Aggregate decode tokens/s over the last few seconds (written by the worker)."""
-
-    def __init__(self) -> None:
-        self._events: deque[tuple[float, int]] = deque()
-        self.seen_any = False
-
-    def add(self, n: int) -> None:
-        now = time.monotonic()
-        self.seen_any = True
-        self._events.append((now, n))
-        while self._events and self._events[0][0] < now - RATE_WINDOW_S:
-            self._events.popleft()
-
-    def rate(self) -> float | None:
-        if not self.seen_any:
-            return None
-        now = time.monotonic()
-        events = [e for e in list(self._events) if e[0] >= now - RATE_WINDOW_S]
-        if len(events) < 2:
-            return 0.0
-        span = now - events[0][0]
-        return sum(n for _, n in events[1:]) / span if span > 0 else 0.0
+@dataclass(frozen=True, slots=True)
+class _AdapterRead:
+    name: str
+    files: AdapterFiles | None = None
+    error: BackendError | None = None
 
 
 class Worker(threading.Thread):
-    """Owns the models and runs the lanes; everything here happens on this one thread."""
+    """Owns the models and runs the lanes; everything MLX happens on this one thread."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         super().__init__(name="tandem-mlx", daemon=True)
         self.settings = settings
-        self.inbox: queue.SimpleQueue[Submit | Stop | Wake] = queue.SimpleQueue()
-        self.lanes: dict[str | None, Lane] = {}
+        self.inbox: queue.SimpleQueue[Submit | Stop | Wake | _AdapterRead] = queue.SimpleQueue()
+        self.lanes: dict[Any, Lane] = {}
+        """None → the base model's lane; (name, digest) → an adapter version's."""
         self.main: Loaded | None = None
         self.draft: Loaded | None = None
         self.caches = ConversationCaches(settings.cache_budget_bytes)
-        self.rate = _TokenRate()
+        self.rate = TokenRate()
         self.ready: Callable[[BaseException | None], None] = lambda e: None
+        self.snapshot = LoadSnapshot()
+        """Read by the engine from the event loop's thread; replaced after every step."""
+        self.dead = False
+        self._lock = threading.Lock()  # `dead` and the last inbox drain agree under it
+        self._taken = 0
+        self._parked: dict[str, list[Sequence]] = {}  # waiting for their adapter to be read
+        self._latest: dict[str, str] = {}  # adapter name → the digest of its files on disk
+        self._reader = AdapterReader(settings.adapter_resolver)
+        self._reads: queue.SimpleQueue[tuple[str, frozenset[tuple[str, str]]] | None] = (
+            queue.SimpleQueue()
+        )
         # Events produced during one step, delivered with one wake-up of each event loop per
         # step instead of one per token and sequence (8 sequences: 8× fewer wake-ups).
         self.outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any], Any]] = []
+
+    # --- the engine's side ----------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> bool:
+        """Hand a sequence over; False when the worker has stopped (it will never be served)."""
+        with self._lock:
+            if self.dead:
+                return False
+            self.inbox.put(Submit(seq))
+            return True
 
     def post(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[Any], item: Any) -> None:
         self.outbox.append((loop, events, item))
@@ -115,31 +141,56 @@ class Worker(threading.Thread):
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 loop.call_soon_threadsafe(_deliver, batch)
 
+    # --- the loop -------------------------------------------------------------------------
+
     def run(self) -> None:
         try:
             self._load()
         except BaseException as exc:
             self.ready(exc)
+            self._fail_everything(Unavailable("the local model did not load", backend="local"))
             return
         self.ready(None)
+        reader = threading.Thread(target=self._read_adapters, name="tandem-adapters", daemon=True)
+        reader.start()
+        error = Unavailable("the local engine was shut down", backend="local")
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug or a fault outside any one lane
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            error = Unavailable(
+                f"the local engine stopped ({text}); restart tandem", backend="local"
+            )
+        finally:
+            self._reads.put(None)
+            self._fail_everything(error)
+
+    def _loop(self) -> None:
         stopping = False
         while not stopping:
             busy = any(lane.has_work() for lane in self.lanes.values())
             stopping = self._drain(block=not busy)
-            for lane in list(self.lanes.values()):
+            for key, lane in list(self.lanes.items()):
                 if lane.has_work():
                     try:
                         lane.step()
-                    except Exception as exc:  # a bug or fault: fail this lane, keep serving
-                        lane.fail_all(model_error(exc))
+                    except Exception as exc:  # a bug or fault in this lane: fail it, go on
+                        lane.fail(model_error(exc))
+                if key is not None and not lane.has_work() and self._latest.get(key[0]) != key[1]:
+                    del self.lanes[key]  # an older version of a retrained adapter
+            self._publish()  # before the events: whoever sees its end sees the load without it
             self.flush()
-        error = Unavailable("the local engine was shut down", backend="local")
-        for lane in self.lanes.values():
-            lane.fail_all(error)
-        self.flush()
-        self.lanes.clear()
-        self.caches.clear()
-        self.main = self.draft = None
+
+    def _publish(self) -> None:
+        lanes = list(self.lanes.items())
+        self.snapshot = LoadSnapshot(
+            queue_depth=sum(lane.scheduler.queue_depth for _, lane in lanes)
+            + sum(len(v) for v in self._parked.values()),
+            active=sum(lane.scheduler.active for _, lane in lanes),
+            adapters=tuple(sorted({key[0] for key, _ in lanes if key is not None})),
+            tokens_per_s=self.rate.rate(),
+            taken=self._taken,
+        )
 
     def _drain(self, *, block: bool) -> bool:
         """Take every message waiting in the inbox; True when told to stop."""
@@ -151,11 +202,46 @@ class Worker(threading.Thread):
             if isinstance(msg, Stop):
                 return True
             if isinstance(msg, Submit):
+                self._taken += 1
                 self._route(msg.seq)
+            elif isinstance(msg, _AdapterRead):
+                self._adapter_read(msg)
             try:
                 msg = self.inbox.get_nowait()
             except queue.Empty:
                 return False
+
+    def _fail_everything(self, error: BackendError) -> None:
+        """The last thing the worker does: every open sequence gets `error`, none is left
+        waiting, and later submissions are refused."""
+        with self._lock:
+            self.dead = True
+            pending: list[Sequence] = []
+            while True:
+                try:
+                    msg = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(msg, Submit):
+                    pending.append(msg.seq)
+        for lane in self.lanes.values():
+            with contextlib.suppress(Exception):
+                lane.fail(error)
+            for seq in lane.scheduler.all():  # if failing the lane itself failed
+                with contextlib.suppress(Exception):
+                    seq.fail(error)
+        for seq in [*pending, *(s for parked in self._parked.values() for s in parked)]:
+            with contextlib.suppress(Exception):
+                seq.fail(error)
+        self._parked.clear()
+        with contextlib.suppress(Exception):
+            self.flush()
+        self.lanes.clear()
+        self.caches.clear()
+        self.main = self.draft = None
+        self.snapshot = LoadSnapshot(taken=self._taken)
+
+    # --- loading --------------------------------------------------------------------------
 
     def _load(self) -> None:
         from mlx_lm.utils import maybe_set_recommended_wired_limit
@@ -178,44 +264,82 @@ class Worker(threading.Thread):
 
     def _lane(self, model: Any, draft: Any | None) -> Lane:
         assert self.main is not None
-        return Lane(
+        s = self.settings
+        runner = Runner(
             model,
             frozenset(self.main.tokenizer.eos_token_ids),
             self.caches,
             draft_model=draft,
-            num_draft_tokens=self.settings.num_draft_tokens,
-            max_batch=self.settings.max_batch,
+            num_draft_tokens=s.num_draft_tokens,
+            max_batch=s.max_batch,
+            chunk_tokens=s.chunk_tokens,
             on_tokens=self.rate.add,
         )
+        return Lane(runner, Scheduler[Sequence](s.max_batch, s.chunk_tokens))
+
+    # --- routing and adapters -------------------------------------------------------------
 
     def _route(self, seq: Sequence) -> None:
         if seq.cancelled:
             seq.finish("cancelled")
             return
         name = seq.request.adapter
-        lane = self.lanes.get(name)
-        if lane is None:
+        if name is None:
+            self.lanes[None].submit(seq)
+            return
+        parked = self._parked.setdefault(name, [])
+        parked.append(seq)
+        if len(parked) == 1:  # one read per name at a time; later arrivals ride along
+            loaded = frozenset(k for k in self.lanes if k is not None)
+            self._reads.put((name, loaded))
+
+    def _read_adapters(self) -> None:
+        """The reader thread: resolve, read and hash adapters, never touching MLX."""
+        while (job := self._reads.get()) is not None:
+            name, loaded = job
             try:
-                lane = self._adapter_lane(name)
+                read = _AdapterRead(name, files=self._reader.read(name, loaded))
+            except BackendError as exc:
+                read = _AdapterRead(name, error=exc)
             except Exception as exc:
-                error = exc if isinstance(exc, BackendError) else model_error(exc)
+                read = _AdapterRead(name, error=model_error(exc))
+            self.inbox.put(read)
+
+    def _adapter_read(self, read: _AdapterRead) -> None:
+        files = read.files
+        if files is not None and files.key not in self.lanes and not files.weights:
+            # Read without its bytes for a version we held then, and have since dropped.
+            self._reads.put((read.name, frozenset()))
+            return
+        waiting = self._parked.pop(read.name, [])
+        lane: Lane | None = None
+        error = read.error
+        if files is not None:
+            self._latest[files.name] = files.digest
+            lane = self.lanes.get(files.key)
+            if lane is None:
+                try:
+                    lane = self._adapter_lane(files)
+                except BackendError as exc:
+                    error = exc
+                except Exception as exc:
+                    error = model_error(exc)
+        for seq in waiting:
+            if lane is not None and files is not None:
+                seq.adapter_version = files.digest
+                lane.submit(seq)
+            elif seq.cancelled:
+                seq.finish("cancelled")
+            else:
+                assert error is not None
                 error.backend = "local"
                 seq.fail(error)
-                return
-        lane.submit(seq)
 
-    def _adapter_lane(self, name: str | None) -> Lane:
-        assert self.main is not None and name is not None
-        resolver = self.settings.adapter_resolver
-        if resolver is None:
-            raise ModelError(f"adapter {name!r} was asked for, but this engine has no adapters")
-        try:
-            folder = Path(resolver(name))
-        except Exception as exc:  # the resolver's own errors carry a sentence for a person
-            raise ModelError(str(exc) or f"no adapter called {name!r}") from exc
-        model = load_adapter_model(self.main, folder)
+    def _adapter_lane(self, files: AdapterFiles) -> Lane:
+        assert self.main is not None
+        model = build_adapter_model(self.main.model, self.main.path, files)
         lane = self._lane(model, None)
-        self.lanes[name] = lane
+        self.lanes[files.key] = lane
         return lane
 
 

@@ -28,6 +28,7 @@ from router.protocol import (
     Overloaded,
     Route,
     Routed,
+    Sampling,
     StreamEvent,
     TextDelta,
     Unauthorized,
@@ -336,3 +337,52 @@ async def test_a_device_answer_holding_private_data_is_not_continued_in_the_clou
     with pytest.raises(ModelError):
         await collect(HybridBackend(local, cloud).stream(_request()))
     assert cloud.requests == []
+
+
+class Chunky:
+    """Injects a cloud that sends several tokens per piece (speculative decoding) and then
+    loses the connection: `pieces` of (text, tokens)."""
+
+    name = "cloud"
+
+    def __init__(self, pieces: list[tuple[str, int | None]]) -> None:
+        self.pieces = pieces
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        for text, tokens in self.pieces:
+            yield TextDelta(text, tokens=tokens)
+        raise Unavailable("connection lost", backend="cloud")
+
+    async def health(self) -> Health:
+        return Health(ok=True)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(model="cloud-model", context_window=4096)
+
+
+def _budgeted(max_tokens: int) -> ChatRequest:
+    return ChatRequest((Message("user", "What is the capital of France?"),),
+                       Sampling(max_tokens=max_tokens))
+
+
+async def test_a_continued_answer_gets_the_budget_left_in_tokens_not_in_pieces() -> None:
+    local = Scripted("local")
+    cloud = Chunky([("The capital ", 4), ("of France ", 4)])
+    hybrid = HybridBackend(local, cloud, CLOUD_FIRST)  # type: ignore[arg-type]
+    await collect(hybrid.stream(_budgeted(20)))
+    assert local.requests[0].sampling.max_tokens == 20 - 8  # not 20 - 2 pieces
+
+
+async def test_pieces_of_unknown_size_count_as_many_tokens_as_they_have_bytes() -> None:
+    local = Scripted("local")
+    hybrid = HybridBackend(local, Chunky([("Paris é", None)]), CLOUD_FIRST)  # type: ignore[arg-type]
+    await collect(hybrid.stream(_budgeted(20)))
+    assert local.requests[0].sampling.max_tokens == 20 - len("Paris é".encode())
+
+
+async def test_when_the_budget_is_spent_the_answer_ends_without_the_other_side() -> None:
+    local = Scripted("local")
+    hybrid = HybridBackend(local, Chunky([("The capital of ", 6)]), CLOUD_FIRST)  # type: ignore[arg-type]
+    text, final = await collect(hybrid.stream(_budgeted(6)))
+    assert text == "The capital of " and final.finish_reason == "length"
+    assert final.usage.completion_tokens == 6 and local.requests == []

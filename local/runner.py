@@ -1,39 +1,38 @@
-"""The scheduling of one model variant on the worker thread: single stream or continuous batch.
+"""The MLX side of one lane: executes what `local/scheduler.py` decides, on the worker thread.
 
-A `Lane` serves the sequences of one model object (the base model, or the base model with one
-LoRA adapter). Each call to `step()` does one unit of work, so the worker can look at its inbox
-(new requests, cancellations) between steps:
+A `Runner` holds one model object (the base model, or the base model with one LoRA adapter)
+and, per sequence, the MLX state the scheduler does not see:
 
-- **Alone → single stream.** A request that finds the lane idle runs on mlx-lm's
-  `generate_step` (or `speculative_generate_step` when a draft model is configured): the
-  lowest-latency path, and the only one that speculates.
-- **Arrivals join → batch.** When requests arrive while a single stream runs, the single stream
-  finishes its current step, then moves into mlx-lm's `BatchGenerator` together with the new
-  arrivals: its cache is aligned to the tokens it has produced and handed over, so it continues
-  without prefilling again (it loses the draft model, which the batch path does not use). While a
-  batch runs, new requests are inserted into it up to `max_batch`; past that they wait in order
-  (the queue depth the router reads). The batch runs until it is empty; the next lone request
-  takes the single-stream path again.
-- **Cancellation.** A sequence whose consumer closed the stream is dropped at the start of the
-  next `step()`, i.e. within one decode step, and its slot is free for the next arrival.
-- **KV reuse.** Every sequence that ends (finished or cancelled) leaves its cache in the
-  `ConversationCaches` store under its conversation; the next turn takes it back, trimmed to
-  the common prefix, and prefills only the new tokens.
+- **prefill** — the sequence's cache (its kept cache from the last turn, trimmed to the common
+  prefix, or a fresh one) and how far the prompt is in it; `prefill_chunk` feeds one more
+  chunk (to the draft model's cache too, when there is one);
+- **single stream** — mlx-lm's `generate_step` (or `speculative_generate_step` with a draft
+  model) fed the rest of the prompt: the lowest-latency path, and the only one that speculates;
+- **batch** — mlx-lm's `BatchGenerator`: prefilled sequences are inserted with their caches,
+  the single stream moves in with its cache aligned to the tokens it produced (no second
+  prefill; it loses the draft model, which the batch path does not use).
+
+Every sequence that ends (finished or cancelled) leaves its cache in `ConversationCaches`
+under its conversation, so the next turn prefills only its new tokens. A failure of one
+sequence's own set-up or step fails that sequence alone (`model_error`); a failure of a batched
+step fails the batch; anything else propagates to the worker, which fails every open sequence.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from local.kvcache import CachedPrefix, ConversationCaches, align_cache, cache_offset, trim_to
 from local.sequence import Sequence
 from router.protocol import BackendError, FinishReason, ModelError
 
-__all__ = ["Lane", "model_error"]
+__all__ = ["Runner", "model_error"]
 
 PREFILL_STEP = 2048
+"""mlx-lm's own prefill step, for the last piece of a prompt (at most one scheduler chunk)."""
 
 
 def _sampler(seq: Sequence) -> Any:
@@ -45,6 +44,15 @@ def _sampler(seq: Sequence) -> Any:
 
         mx.random.seed(s.seed)  # MLX's generator is global: exact only for a lone request
     return make_sampler(temp=s.temperature, top_p=s.top_p)
+
+
+@dataclass(slots=True)
+class _Prefill:
+    """A sequence's cache while its prompt goes in: `done` prompt tokens are in it."""
+
+    cache: list[Any]
+    draft_cache: list[Any] | None
+    done: int
 
 
 class _Single:
@@ -86,8 +94,8 @@ class _Single:
             self.run = 0
 
 
-class Lane:
-    """One model object and the sequences that run on it."""
+class Runner:
+    """One model object and the MLX state of the sequences the scheduler gave it."""
 
     def __init__(
         self,
@@ -98,122 +106,70 @@ class Lane:
         draft_model: Any | None = None,
         num_draft_tokens: int = 3,
         max_batch: int = 8,
+        chunk_tokens: int = 512,
         on_tokens: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.model = model
         self.draft_model = draft_model
         self.num_draft_tokens = num_draft_tokens
         self.max_batch = max(1, max_batch)
+        self.chunk_tokens = chunk_tokens
         self.eos_ids = eos_ids
         self.caches = caches
         self.on_tokens = on_tokens
-        self.waiting: deque[Sequence] = deque()
+        self.prefills: dict[Sequence, _Prefill] = {}
         self.single: _Single | None = None
         self.batch: Any | None = None  # mlx_lm BatchGenerator, made on first use
         self.by_uid: dict[int, Sequence] = {}
 
-    # --- state the worker and the engine read ---------------------------------------------
+    # --- prefill --------------------------------------------------------------------------
 
-    @property
-    def active(self) -> int:
-        return (1 if self.single else 0) + len(self.by_uid)
-
-    def has_work(self) -> bool:
-        return bool(self.waiting) or self.active > 0
-
-    def submit(self, seq: Sequence) -> None:
-        seq.state = "waiting"
-        self.waiting.append(seq)
-
-    def fail_all(self, error: BackendError) -> None:
-        """Fail every sequence of this lane (the engine is shutting down or the lane broke)."""
-        for seq in self._all():
-            seq.fail(error)
-        self.waiting.clear()
-        self._drop_single()
-        self.by_uid.clear()
-        self.batch = None
-
-    def _all(self) -> list[Sequence]:
-        out = list(self.waiting) + list(self.by_uid.values())
-        if self.single:
-            out.append(self.single.seq)
-        return out
-
-    # --- one unit of work -----------------------------------------------------------------
-
-    def step(self) -> None:
-        self._reap_cancelled()
-        self._admit()
-        if self.single is not None:
-            self._step_single()
-        elif self.by_uid:
-            self._step_batch()
-
-    def _reap_cancelled(self) -> None:
-        if any(s.cancelled for s in self.waiting):
-            for seq in [s for s in self.waiting if s.cancelled]:
-                seq.finish("cancelled")
-            self.waiting = deque(s for s in self.waiting if not s.cancelled)
-        if self.single is not None and self.single.seq.cancelled:
-            single = self.single
-            self._close_single(keep_cache=True)
-            single.seq.finish("cancelled")
-        gone = [uid for uid, s in self.by_uid.items() if s.cancelled]
-        if gone:
-            self._remove_from_batch(gone, "cancelled")
-
-    def _admit(self) -> None:
-        if not self.waiting:
-            return
-        if self.single is None and not self.by_uid:
-            if len(self.waiting) == 1 or self.max_batch == 1:
-                self._start_one(self._start_single, self.waiting.popleft())
-                return
-        elif self.single is not None:
-            if self.max_batch == 1:
-                return
-            self._single_to_batch()
-        room = self.max_batch - len(self.by_uid)
-        while room > 0 and self.waiting:
-            self._start_one(self._insert, self.waiting.popleft())
-            room -= 1
-
-    @staticmethod
-    def _start_one(start: Callable[[Sequence], None], seq: Sequence) -> None:
-        """Start one sequence; if its own set-up fails (its sampler, its prompt), fail it alone.
-        Raising here would fail the whole lane, and this sequence, already out of `waiting`
-        and not yet running, would be in no list: its caller would wait forever."""
-        try:
-            start(seq)
-        except Exception as exc:
-            seq.fail(model_error(exc))
-
-    # --- the single stream ----------------------------------------------------------------
-
-    def _take_cache(self, seq: Sequence) -> CachedPrefix | None:
-        entry = self.caches.take(seq.key, seq.prompt) if seq.key is not None else None
-        seq.cached_prompt_tokens = len(entry.tokens) if entry else 0
-        return entry
-
-    def _start_single(self, seq: Sequence) -> None:
-        import mlx.core as mx
-        from mlx_lm.generate import generate_step, speculative_generate_step
+    def begin(self, seq: Sequence) -> None:
+        """Take the sequence's kept cache (or a fresh one); sets `seq.prefill_left`."""
         from mlx_lm.models.cache import make_prompt_cache
 
-        entry = self._take_cache(seq)
+        entry = self.caches.take(seq.key, seq.prompt) if seq.key is not None else None
+        seq.cached_prompt_tokens = len(entry.tokens) if entry else 0
         cache = entry.cache if entry else make_prompt_cache(self.model)
-        done = seq.cached_prompt_tokens
-        new = mx.array(seq.prompt[done:], mx.uint32)
-        sampler = _sampler(seq)
         draft_cache: list[Any] | None = None
-        tokens: Iterator[tuple[int, bool]]
         if self.draft_model is not None:
             draft_cache = entry.draft_cache if entry and entry.draft_cache else None
             if draft_cache is None:
                 draft_cache = make_prompt_cache(self.draft_model)
-            behind = seq.prompt[cache_offset(draft_cache) : done]
-            self._prefill(self.draft_model, draft_cache, behind)
+        done = seq.cached_prompt_tokens
+        self.prefills[seq] = _Prefill(cache, draft_cache, done)
+        seq.prefill_left = len(seq.prompt) - done
+
+    def prefill_chunk(self, seq: Sequence) -> None:
+        """Feed one chunk of the prompt (never its last token: decoding needs one to feed)."""
+        state = self.prefills[seq]
+        end = min(state.done + self.chunk_tokens, len(seq.prompt) - 1)
+        chunk = seq.prompt[state.done : end]
+        if self.draft_model is not None and state.draft_cache is not None:
+            behind = seq.prompt[cache_offset(state.draft_cache) : end]
+            _feed(self.draft_model, state.draft_cache, behind)
+        _feed(self.model, state.cache, chunk)
+        state.done = end
+        seq.prefill_left = len(seq.prompt) - end
+
+    def _keep_prefill(self, seq: Sequence) -> None:
+        state = self.prefills.pop(seq, None)
+        if state is not None:
+            self._keep(seq, state.cache, state.draft_cache, seq.prompt[: state.done])
+
+    # --- the single stream ----------------------------------------------------------------
+
+    def start_single(self, seq: Sequence) -> None:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step, speculative_generate_step
+
+        state = self.prefills.pop(seq)
+        cache, draft_cache, done = state.cache, state.draft_cache, state.done
+        new = mx.array(seq.prompt[done:], mx.uint32)
+        sampler = _sampler(seq)
+        tokens: Iterator[tuple[int, bool]]
+        if self.draft_model is not None and draft_cache is not None:
+            _feed(self.draft_model, draft_cache, seq.prompt[cache_offset(draft_cache) : done])
             gen = speculative_generate_step(
                 new, self.model, self.draft_model, prompt_cache=cache + draft_cache,
                 num_draft_tokens=self.num_draft_tokens, max_tokens=seq.remaining,
@@ -224,42 +180,33 @@ class Lane:
             gen2 = generate_step(new, self.model, prompt_cache=cache, max_tokens=seq.remaining,
                                  sampler=sampler, prefill_step_size=PREFILL_STEP)
             tokens = ((int(t), False) for t, _ in gen2)
-        seq.state = "active"
         num_draft = self.num_draft_tokens if self.draft_model is not None else 0
         self.single = _Single(seq, tokens, cache, draft_cache, num_draft)
 
-    @staticmethod
-    def _prefill(model: Any, cache: list[Any], tokens: list[int]) -> None:
-        import mlx.core as mx
-
-        for i in range(0, len(tokens), PREFILL_STEP):
-            model(mx.array(tokens[i : i + PREFILL_STEP], mx.uint32)[None], cache=cache)
-            mx.eval([c.state for c in cache])
-
-    def _step_single(self) -> None:
+    def step_single(self) -> list[Sequence]:
+        """One token of the single stream; the sequences that ended."""
         single = self.single
         assert single is not None
         seq = single.seq
         try:
             token, from_draft = next(single.tokens)
         except StopIteration:
-            self._finish_single("length")
-            return
+            return self._finish_single("length")
         except Exception as exc:  # the model failed on this request only
-            self._drop_single()
+            self._close_single(keep_cache=False)
             seq.fail(model_error(exc))
-            return
+            return [seq]
         self.on_tokens(1)
         single.count(from_draft)
         reason = seq.add_token(token, from_draft=from_draft)
-        if reason is not None:
-            self._finish_single(reason)
+        return [] if reason is None else self._finish_single(reason)
 
-    def _finish_single(self, reason: FinishReason) -> None:
+    def _finish_single(self, reason: FinishReason) -> list[Sequence]:
         single = self.single
         assert single is not None
         self._close_single(keep_cache=True)
         single.seq.finish(reason, _peak_memory())
+        return [single.seq]
 
     def _release_single(self) -> _Single:
         """Stop the single stream's generator (its cache settled) and hand the stream back."""
@@ -276,10 +223,6 @@ class Lane:
         single = self._release_single()
         if keep_cache:
             self._keep(single.seq, single.cache, single.draft_cache, single.seq.fed_tokens())
-
-    def _drop_single(self) -> None:
-        if self.single is not None:
-            self._close_single(keep_cache=False)
 
     def _keep(self, seq: Sequence, cache: list[Any] | None, draft_cache: list[Any] | None,
               tokens: list[int]) -> None:
@@ -308,7 +251,7 @@ class Lane:
             )
         return self.batch
 
-    def _single_to_batch(self) -> None:
+    def single_to_batch(self) -> None:
         """Hand the running single stream over to the batch, cache and all."""
         single = self._release_single()
         seq = single.seq
@@ -319,11 +262,12 @@ class Lane:
             trim_to(single.cache, keep)
         self._insert_tokens(seq, tokens[keep:], single.cache, tokens[:keep])
 
-    def _insert(self, seq: Sequence) -> None:
-        entry = self._take_cache(seq)
-        done = seq.cached_prompt_tokens
-        self._insert_tokens(seq, seq.prompt[done:], entry.cache if entry else None,
-                            seq.prompt[:done])
+    def insert(self, seq: Sequence) -> None:
+        """Insert a prefilled sequence into the batch (the batch feeds the rest)."""
+        state = self.prefills.pop(seq)
+        done = state.done
+        cache = state.cache if done > 0 else None
+        self._insert_tokens(seq, seq.prompt[done:], cache, seq.prompt[:done])
 
     def _insert_tokens(self, seq: Sequence, new: list[int], cache: list[Any] | None,
                        cached: list[int]) -> None:
@@ -332,22 +276,24 @@ class Lane:
             [new], max_tokens=[seq.remaining], caches=[cache] if cache else None,
             all_tokens=[list(cached)], samplers=[_sampler(seq)],
         )
-        seq.state = "active"
         self.by_uid[uid] = seq
 
-    def _step_batch(self) -> None:
+    def step_batch(self) -> list[Sequence]:
+        """One decode step of the batch; the sequences that ended."""
         batch = self._batch()
         try:
             _, responses = batch.next()
         except Exception as exc:  # a failure inside a batched step takes the whole batch
             error = model_error(exc)
-            for seq in self.by_uid.values():
+            failed = list(self.by_uid.values())
+            for seq in failed:
                 seq.fail(error)
             self.by_uid.clear()
             self.batch = None
-            return
+            return failed
         if responses:
             self.on_tokens(len(responses))
+        ended: list[Sequence] = []
         stopped: list[int] = []
         for r in responses:
             owner = self.by_uid.get(r.uid)
@@ -360,21 +306,60 @@ class Lane:
                 del self.by_uid[r.uid]
                 self._keep(seq, r.prompt_cache, None, list(r.all_tokens))
                 seq.finish(reason or r.finish_reason, _peak_memory())
+                ended.append(seq)
             elif reason is not None:
                 stopped.append(r.uid)
                 seq.finish(reason, _peak_memory())
+                ended.append(seq)
         if stopped:
-            self._remove_from_batch(stopped, None)
+            self._remove_from_batch(stopped)
+        return ended
 
-    def _remove_from_batch(self, uids: list[int], reason: FinishReason | None) -> None:
+    def _remove_from_batch(self, uids: list[int]) -> None:
         caches = self._batch().remove(uids, return_prompt_caches=True)
         for uid in uids:
             seq = self.by_uid.pop(uid)
             if uid in caches:
                 cache, tokens = caches[uid]
                 self._keep(seq, list(cache), None, list(tokens))
-            if reason is not None:
-                seq.finish(reason)
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def drop(self, seq: Sequence) -> None:
+        """A cancelled sequence leaves, wherever it is; what its cache holds is kept."""
+        if seq in self.prefills:
+            self._keep_prefill(seq)
+        elif self.single is not None and self.single.seq is seq:
+            self._close_single(keep_cache=True)
+        else:
+            uid = next((u for u, s in self.by_uid.items() if s is seq), None)
+            if uid is not None:
+                self._remove_from_batch([uid])
+
+    def fail_all(self, error: BackendError, sequences: list[Sequence]) -> None:
+        """Fail `sequences` and forget every MLX state (this lane broke, or the engine stops).
+        Each step is guarded: a second failure here must not leave anyone waiting."""
+        for seq in sequences:
+            with contextlib.suppress(Exception):  # the worker's last resort fails it again
+                seq.fail(error)
+        self.prefills.clear()
+        self.by_uid.clear()
+        self.batch = None
+        single, self.single = self.single, None
+        if single is not None:
+            close = getattr(single.tokens, "close", None)
+            with contextlib.suppress(Exception):  # the generator's own failure: nothing kept
+                if close is not None:
+                    close()
+
+
+def _feed(model: Any, cache: list[Any], tokens: list[int]) -> None:
+    """Run `tokens` through `model` into `cache` (in mlx-lm's prefill steps)."""
+    import mlx.core as mx
+
+    for i in range(0, len(tokens), PREFILL_STEP):
+        model(mx.array(tokens[i : i + PREFILL_STEP], mx.uint32)[None], cache=cache)
+        mx.eval([c.state for c in cache])
 
 
 def _peak_memory() -> int | None:
@@ -390,4 +375,3 @@ def model_error(exc: BaseException) -> ModelError:
         return ModelError(f"the model ran out of memory ({text}); try a shorter prompt or a "
                           "smaller model")
     return ModelError(f"the model failed on this request ({text}); try again")
-
