@@ -11,6 +11,12 @@ slot. A failure is raised from the stream as one of the typed errors (router.err
 after some deltas (a mid-stream failure): the router keeps the text it already has and may
 continue elsewhere.
 
+A thinking model's stream starts with `ReasoningDelta`s (its `<think>` block, split off by the
+backend with its engine's own parser), then the answer's `TextDelta`s; a model that calls a
+tool yields a whole `ToolCall` per call and ends with finish_reason "tool_calls". The caller
+runs the tool and sends its result back as a `tool` message (`tool_call_id`). Every backend
+yields the same shapes for the same request (tests/test_reasoning_parity.py).
+
 The request carries everything a backend or router needs to decide: the sampling, the adapter,
 the conversation id (for KV-cache reuse), a pin to one side (`pin`, a wish the router weighs)
 and `local_only` (the conversation's promise to stay on this device: a hard rule).
@@ -51,6 +57,8 @@ from router.errors import (
     Unauthorized,
     Unavailable,
 )
+from router.reasoning import ReasoningTrim
+from router.tools import Tool, ToolCall, check_tool_choice
 
 __all__ = [
     "Backend",
@@ -69,6 +77,8 @@ __all__ = [
     "Overloaded",
     "Pin",
     "ProtocolViolation",
+    "ReasoningDelta",
+    "ReasoningTrim",
     "Role",
     "Route",
     "Routed",
@@ -77,6 +87,8 @@ __all__ = [
     "StreamEvent",
     "TandemError",
     "TextDelta",
+    "Tool",
+    "ToolCall",
     "Unauthorized",
     "Unavailable",
     "Usage",
@@ -86,7 +98,7 @@ __all__ = [
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant", "tool")
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 Pin = Literal["local", "cloud"]
 """A side of the router: this device or the cloud."""
 PINS: tuple[Pin, ...] = ("local", "cloud")
@@ -101,10 +113,23 @@ class Message:
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The assistant's calls in this turn (its content may be empty then)."""
+    tool_call_id: str | None = None
+    """On a `tool` message: the id of the call whose result `content` is."""
+    reasoning: str = ""
+    """The assistant's reasoning in this turn; the model's chat template decides whether it
+    is sent again (Qwen3's drops it from turns before the last question)."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise InvalidRequest(f"unknown role {self.role!r}; expected one of {', '.join(ROLES)}")
+        if (self.tool_calls or self.reasoning) and self.role != "assistant":
+            raise InvalidRequest("only assistant messages carry tool calls or reasoning")
+        if self.role == "tool" and not self.tool_call_id:
+            raise InvalidRequest("a tool message needs the tool_call_id it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise InvalidRequest("only tool messages carry a tool_call_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +189,19 @@ class ChatRequest:
     local_only: bool = False
     """The conversation is pinned to this device: a hard rule of the router, above the mode,
     a `/cloud` prefix and `pin`. Nothing of it is sent to the cloud, not even on failover."""
+    tools: tuple[Tool, ...] = ()
+    """Functions the model may call; its calls arrive as `ToolCall` events."""
+    tool_choice: str = "auto"
+    """"auto" (the model decides), "none", "required", or a tool's name (that one)."""
+    think: bool | None = None
+    """A thinking model's switch (Qwen3's `enable_thinking`): None leaves the model's default;
+    ignored by models that do not think."""
+    continue_reasoning: str = ""
+    """With `continue_from`: the reasoning (finished) that came before the partial answer, so
+    the template can put it back where the model wrote it."""
 
     def __post_init__(self) -> None:
+        check_tool_choice(self.tool_choice, self.tools)
         if self.pin is not None and self.pin not in PINS:
             raise InvalidRequest(f"pin must be 'local', 'cloud' or None, not {self.pin!r}")
         if self.local_only and self.pin == "cloud":
@@ -191,6 +227,16 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """A piece of a thinking model's reasoning, before its answer; never empty. Not part of
+    the answer's text: the chat shows it apart and does not send it back as content."""
+
+    text: str
+    tokens: int | None = None
+    """As TextDelta.tokens."""
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """What one answer cost and how fast it ran."""
 
@@ -207,6 +253,10 @@ class Usage:
     peak_memory_bytes: int | None = None
     draft_tokens_proposed: int = 0
     """Tokens the draft proposed (accepted or not); accepted ÷ proposed is the acceptance rate."""
+    reasoning_tokens: int = 0
+    """Of completion_tokens, those spent on reasoning (counted apart from the answer)."""
+    thinking_s: float | None = None
+    """Seconds from the first reasoning piece to the end of the reasoning; None: no thinking."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +271,11 @@ class Route:
     scores: Mapping[str, float] = field(default_factory=dict)
     failover: str | None = None
     """Set when the answer moved sides, e.g. "continued on this device: cloud connection lost"."""
+    thinking_s: float | None = None
+    """In the Final's route: how long the answer thought; None when it did not think."""
+    restarted: bool = False
+    """With `failover`: the answer starts over on the other side (it failed while still
+    thinking); the consumer drops the reasoning it received before this route."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +299,7 @@ class Final:
     route: Route | None = None
 
 
-StreamEvent = TextDelta | Routed | Final
+StreamEvent = TextDelta | ReasoningDelta | ToolCall | Routed | Final
 
 
 # --- the backend ----------------------------------------------------------------------------
@@ -326,9 +381,11 @@ class Service(Backend, Lifecycle, Protocol):
 
 async def checked(stream: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEvent, None]:
     """Pass events through, raising ProtocolViolation if the stream breaks the contract:
-    an empty delta, a `Routed` after the first delta without a failover, an event after the
+    an empty delta, a `Routed` after the first delta without a failover, reasoning after the
+    answer's text or a tool call (unless a failover restarted the answer), an event after the
     Final, a stream that ends without a Final."""
     final_seen = text_seen = False
+    answer_seen = False  # answer text or a tool call: the reasoning is over
     try:
         async for event in stream:
             if final_seen:
@@ -338,10 +395,20 @@ async def checked(stream: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEv
                     raise ProtocolViolation("empty text delta")
                 if event.tokens is not None and event.tokens < 0:
                     raise ProtocolViolation(f"negative token count: {event!r}")
+                text_seen = answer_seen = True
+            elif isinstance(event, ReasoningDelta):
+                if not event.text:
+                    raise ProtocolViolation("empty reasoning delta")
+                if answer_seen:
+                    raise ProtocolViolation(f"reasoning after the answer began: {event!r}")
                 text_seen = True
+            elif isinstance(event, ToolCall):
+                text_seen = answer_seen = True
             elif isinstance(event, Routed):
                 if text_seen and not event.route.failover:
                     raise ProtocolViolation("a route after the first delta that is no failover")
+                if event.route.failover:
+                    answer_seen = False  # a restarted answer may think again
             elif isinstance(event, Final):
                 final_seen = True
             else:
