@@ -24,6 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.gateway.admission import parse_metrics
+from cloud.gateway.fields import CHAT as CHAT_FIELDS
+from cloud.gateway.fields import COMPLETION as COMPLETION_FIELDS
 from scripts.testmodels import ModelSet
 from tests.cloud_servers import GatewayServer, start_gateway
 from tests.servers import VLLMServer
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.vllm
 
 CANARY = "Zebracanary"  # in every hostile prompt: it must never reach the gateway's log
 CHAT = "/v1/chat/completions"
+ACCEPTED = set(CHAT_FIELDS) | set(COMPLETION_FIELDS)
 HYPOTHESIS = settings(
     max_examples=60,
     deadline=None,
@@ -111,7 +114,7 @@ _UNKNOWN_FIELD = st.tuples(
     st.sampled_from(
         ["best_of", "vllm_xargs", "kv_transfer_params", "prompt_embeds", "guided_json",
          "logits_processors", "priority", "request_id", "mm_processor_kwargs"]
-    ) | st.text(min_size=1, max_size=12).filter(lambda k: k not in _ok_body() and k.isalpha()),
+    ) | st.text(min_size=1, max_size=12).filter(lambda k: k.isalpha() and k not in ACCEPTED),
     _JSON,
 )  # fmt: skip
 
@@ -426,3 +429,64 @@ def test_a_chunked_upload_past_the_cap_is_413(cloud_gateway: GatewayServer) -> N
     )  # fmt: skip
     assert response.status_code == 413, response.text
     assert _wait_idle(gw) == 0
+
+
+def test_cloud_serve_puts_vllm_on_a_private_unix_socket(
+    test_models: ModelSet, tmp_path: Path
+) -> None:
+    """vLLM's key guards only /v1: `tandem cloud serve` gives it no TCP port at all, only a
+    socket in a folder nobody else can enter; the gateway still answers through it."""
+    import os
+    import re
+    import signal
+    import stat
+    import subprocess
+    import sys
+
+    from cloud.gateway.keys import KeyStore
+    from tests.servers import free_port
+
+    key = KeyStore(tmp_path / "keys.json").add("alice")
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "tui.cli", "cloud", "serve", "--profile", "cpu",
+        "--model", str(test_models.target), "--served-model-name", "target",
+        "--host", "127.0.0.1", "--port", str(port), "--keys-file", str(tmp_path / "keys.json"),
+        "--adapters-dir", str(tmp_path / "adapters"), "--vllm-log", str(tmp_path / "vllm.log"),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    errors = tmp_path / "serve.err"
+    with errors.open("wb") as err:
+        serve = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                 cwd=Path(__file__).parent.parent)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert serve.poll() is None, errors.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, errors.read_text()
+            time.sleep(0.5)
+        said = errors.read_text()
+        found = re.search(r"the Unix socket (\S+) \.\.\.", said)
+        assert found, said
+        sock = Path(found.group(1))
+        assert sock.exists() and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        pid = int(re.search(r"vLLM pid (\d+)", said).group(1))  # type: ignore[union-attr]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--uds" in cmdline and b"--port" not in cmdline and b"--host" not in cmdline
+        response = httpx.post(f"{url}{CHAT}", json=_ok_body(), headers=_auth(key), timeout=120)
+        assert response.status_code == 200, response.text
+        assert httpx.post(f"{url}/tokenize", json={"prompt": "x"}, timeout=10).status_code == 404
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+    assert not sock.parent.exists()  # the socket's folder goes with the server

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from router.protocol import TandemError
 
@@ -54,6 +54,8 @@ async def read_capped(request: Request, limit: int, timeout_s: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyError(408, "the request body did not arrive in time", "timeout") from None
+    except ClientDisconnect:
+        raise BodyError(400, "the client left before its body came", "disconnected") from None
     return b"".join(chunks)
 
 
