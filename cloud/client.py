@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from cloud.chatwire import DeltaReader, request_fields, request_messages
 from cloud.trust import UNTRUSTED_HINT, TrustError, is_untrusted_certificate, ssl_context
 from router.protocol import (
     BackendError,
@@ -39,8 +40,10 @@ from router.protocol import (
     Load,
     ModelError,
     Overloaded,
+    ReasoningDelta,
     StreamEvent,
     TextDelta,
+    ToolCall,
     Unauthorized,
     Unavailable,
     Usage,
@@ -50,7 +53,9 @@ __all__ = ["CloudClient"]
 
 _CONTEXT_RE = re.compile(r"maximum context length is (\d+)")
 _PROMPT_RE = re.compile(r"(?:contains|prompt \()(?: at least)? ?(\d+) (?:input )?tokens")
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop", "length": "length", "tool_calls": "tool_calls"
+}
 
 
 def refuse_cleartext(url: str, *, allow_http: bool) -> None:
@@ -225,7 +230,7 @@ class CloudClient:
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = request_messages(request)  # tool calls, tool results, reasoning
         body: dict[str, Any] = {
             "model": request.adapter or self.model,
             "messages": messages,
@@ -241,10 +246,10 @@ class CloudClient:
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed
+        body.update(request_fields(request))  # tools, tool_choice, the thinking switch
         if request.continue_from:
-            # vLLM renders the partial answer as the last (open) assistant turn and continues
-            # it; deltas carry only the new text.
-            messages.append({"role": "assistant", "content": request.continue_from})
+            # vLLM renders the partial answer (the last message, see request_messages) as the
+            # open assistant turn and continues it; deltas carry only the new text.
             body["add_generation_prompt"] = False
             body["continue_final_message"] = True
         return body
@@ -257,6 +262,7 @@ class CloudClient:
         finish: str | None = None
         usage: dict[str, Any] = {}
         counted = 0  # completion tokens the deltas so far stand for
+        reader = DeltaReader()  # reasoning, text and tool-call deltas → contract events
         done = False
         while True:
             timeout = self.first_token_timeout_s if first_at is None else self.idle_timeout_s
@@ -290,13 +296,9 @@ class CloudClient:
                         f"the cloud model failed mid-answer: {message}", backend=self.name
                     )
                 usage = chunk.get("usage") or usage
-                pieces: list[str] = []
+                pieces: list[TextDelta | ReasoningDelta | ToolCall] = []
                 for choice in chunk.get("choices", []):
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        if not isinstance(text, str):
-                            raise TypeError("content is not text")
-                        pieces.append(text)
+                    pieces += reader.read(choice.get("delta") or {})
                     finish = choice.get("finish_reason") or finish
                 total = usage.get("completion_tokens") if chunk.get("usage") else None
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -307,9 +309,15 @@ class CloudClient:
                 tokens: int | None = None
                 if isinstance(total, int) and total >= counted:
                     tokens, counted = total - counted, total
-                yield TextDelta("".join(pieces), tokens=tokens)
+                for piece in pieces:
+                    # The chunk's tokens go with its first delta (the others hold none).
+                    if isinstance(piece, (TextDelta, ReasoningDelta)):
+                        piece, tokens = type(piece)(piece.text, tokens=tokens), 0
+                    yield piece
         if not done or finish is None:
             raise Unavailable("the connection to the cloud was lost mid-answer", backend=self.name)
+        for piece in reader.finish():  # the tool calls, whole
+            yield piece
         # Read the body's end too, so the connection goes back to the pool instead of closing.
         with contextlib.suppress(TimeoutError, httpx.HTTPError):
             await asyncio.wait_for(_drain(lines), self.idle_timeout_s)
@@ -319,6 +327,9 @@ class CloudClient:
             prompt_tokens = int(usage.get("prompt_tokens", 0))
             details = usage.get("prompt_tokens_details") or {}
             cached = int(details.get("cached_tokens") or 0)
+            reasoning_tokens = int(
+                (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             raise self._malformed("its usage record") from exc
         tps = None
@@ -333,6 +344,8 @@ class CloudClient:
                 ttft_s=None if first_at is None else first_at - started,
                 decode_tokens_per_s=tps,
                 cached_prompt_tokens=cached,
+                reasoning_tokens=reasoning_tokens,
+                thinking_s=reader.trim.thinking_s,
             ),
             backend=self.name,
             model=self.model or "",

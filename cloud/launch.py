@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
+from cloud.parsers import Parsers, resolve_parsers
 from cloud.speculative import SpeculativeError, SpeculativeSpec, parse_speculative
 from router.protocol import TandemError
 
@@ -111,6 +112,10 @@ class Profile:
     num_speculative_tokens: int = 3
     gateway: dict[str, Any] = field(default_factory=dict)
     """Admission thresholds for the gateway (max-waiting, max-in-flight, ...)."""
+    reasoning_parser: str = "auto"
+    """vLLM's --reasoning-parser: "auto" picks it by model family (cloud/parsers.py), "" none."""
+    tool_call_parser: str = "auto"
+    """vLLM's --tool-call-parser (with --enable-auto-tool-choice): "auto", "" or a name."""
 
 
 def load_profile(name_or_path: str) -> Profile:
@@ -153,6 +158,8 @@ def load_profile(name_or_path: str) -> Profile:
         speculative=str(spec.get("method", "")),
         num_speculative_tokens=int(spec.get("num-speculative-tokens", 3)),
         gateway=dict(data.get("gateway", {})),
+        reasoning_parser=str(data.get("parsers", {}).get("reasoning", "auto")),
+        tool_call_parser=str(data.get("parsers", {}).get("tool-call", "auto")),
     )
 
 
@@ -174,6 +181,8 @@ class LaunchOptions:
     max_num_seqs: int | None = None
     extra_args: tuple[str, ...] = ()
     """Passed to vLLM as they are, after everything else."""
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +197,8 @@ class VllmCommand:
     speculative: SpeculativeSpec | None
     lora_enabled: bool
     max_lora_rank: int
+    parsers: Parsers = field(default_factory=lambda: Parsers("unknown"))
+    """The reasoning and tool-call parsers vLLM runs with (by model family unless set)."""
 
     @property
     def uds(self) -> str | None:
@@ -256,6 +267,12 @@ def build_vllm_command(
         argv += ["--max-loras", str(profile.max_loras)]
     if spec is not None:
         argv += ["--speculative-config", spec.vllm_json()]
+    parsers = resolve_parsers(
+        options.model,
+        profile.reasoning_parser if options.reasoning_parser is None else options.reasoning_parser,
+        profile.tool_call_parser if options.tool_call_parser is None else options.tool_call_parser,
+    )
+    argv += parsers.vllm_args()
     for arg in options.extra_args:
         if arg.startswith("-") and (flag := refused_flag(arg)):
             raise LaunchError(f"extra vLLM argument {arg.split('=', 1)[0]}: tandem sets {flag} "
@@ -265,7 +282,9 @@ def build_vllm_command(
     if lora:
         # Lets the gateway load users' adapters while the server runs.
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
-    return VllmCommand(argv, env, served, options.port, spec, lora, profile.max_lora_rank)
+    return VllmCommand(
+        argv, env, served, options.port, spec, lora, profile.max_lora_rank, parsers
+    )
 
 
 def _prequantized(model: str) -> bool:
