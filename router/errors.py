@@ -24,6 +24,7 @@ The tree (where each class is defined)::
     ├── CalibrationError (ValueError)    router.calibrate: labelled data that cannot calibrate
     ├── BadRequest (ValueError)          router.serve: a body `tandem serve` cannot answer
     ├── FieldError (ValueError)          router.serve_checks: one field of a request body
+    ├── ToolFieldError (ValueError)      router.serve_tools: a tools or reasoning field
     ├── FinetuneError                    local.finetune.errors
     │   ├── DataError                    training data that cannot be used (file, line, why)
     │   ├── AdapterNotFound (LookupError)

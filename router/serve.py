@@ -2,6 +2,10 @@
 
 - `POST /v1/chat/completions`, streaming (server-sent events) and not;
 - `GET /v1/models`: "tandem" (the router decides), "tandem-local" and "tandem-cloud" (pinned);
+- `tools` / `tool_choice` (the model's calls come back as `tool_calls`, streamed whole, with
+  finish_reason "tool_calls"; results go back as `tool` messages), a thinking model's
+  reasoning as `reasoning_content` beside `content`, and the thinking switch as
+  `chat_template_kwargs.enable_thinking` or `reasoning_effort` (router/serve_tools.py);
 - the route record goes in the `x-tandem-route` response header (JSON, ASCII) and in the
   response body / the last chunk as `tandem_route`; a request may also pin with the
   `x-tandem-pin: local|cloud` header, and a `/local` or `/cloud` prefix works as in the chat.
@@ -31,16 +35,25 @@ from router.protocol import (
     Message,
     ModelError,
     Overloaded,
+    ReasoningDelta,
     Route,
     Routed,
     Sampling,
     StreamEvent,
     TandemError,
     TextDelta,
+    ToolCall,
     Unauthorized,
 )
 from router.serve_checks import FieldError, check_chat_body, parse_json
 from router.serve_guard import GuardConfig, guard
+from router.serve_tools import (
+    ToolFieldError,
+    answer_message,
+    message_from,
+    parse_tool_fields,
+    tool_call_delta,
+)
 
 __all__ = ["MODEL_IDS", "BadRequest", "create_app", "parse_chat_request", "route_json"]
 
@@ -85,7 +98,7 @@ def parse_chat_request(
     continued (prefill), as vLLM does."""
     try:
         check_chat_body(body)  # every field's type, range and size; unknown fields refused
-    except FieldError as exc:
+    except (FieldError, ToolFieldError) as exc:
         raise BadRequest(str(exc)) from exc
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
@@ -97,12 +110,13 @@ def parse_chat_request(
         role: Any = item.get("role", "")
         role = "system" if role == "developer" else role  # OpenAI's newer name for it
         try:
-            messages.append(Message(role, _content(item.get("content"))))
+            messages.append(message_from(item, role, _content(item.get("content"))))
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-    continue_from = ""
+    continue_from = continue_reasoning = ""
     if messages[-1].role == "assistant":
-        continue_from = messages.pop().content
+        partial = messages.pop()
+        continue_from, continue_reasoning = partial.content, partial.reasoning
     if not messages:
         raise BadRequest("'messages' needs a user message")
     stop = body.get("stop") or ()
@@ -117,7 +131,10 @@ def parse_chat_request(
             stop=stop,
             seed=body.get("seed"),
         )
-        request = ChatRequest(tuple(messages), sampling, continue_from=continue_from)
+        request = ChatRequest(
+            tuple(messages), sampling, continue_from=continue_from,
+            continue_reasoning=continue_reasoning, **parse_tool_fields(body),
+        )
     except (TypeError, ValueError) as exc:
         raise BadRequest(str(exc)) from exc
     model = str(body.get("model") or "tandem")
@@ -148,7 +165,16 @@ def _error_body(message: str, kind: str) -> dict[str, Any]:
 
 
 def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def _usage(usage: Any) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
 
 
 def create_app(
@@ -226,14 +252,22 @@ def create_app(
         created: int,
     ) -> Response:
         parts: list[str] = []
+        reasoning: list[str] = []
+        calls: list[ToolCall] = []
         final: Final | None = None
         try:
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TextDelta):
                         parts.append(event.text)
+                    elif isinstance(event, ReasoningDelta):
+                        reasoning.append(event.text)
+                    elif isinstance(event, ToolCall):
+                        calls.append(event)
                     elif isinstance(event, Routed):
                         routes.append(event.route)
+                        if event.route.restarted:  # the answer starts over: so does its record
+                            parts, reasoning, calls = [], [], []
                     elif isinstance(event, Final):
                         final = event
         except BackendError as exc:
@@ -252,15 +286,11 @@ def create_app(
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(parts)},
+                        "message": answer_message("".join(parts), "".join(reasoning), calls),
                         "finish_reason": _finish(final.finish_reason),
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                },
+                "usage": _usage(usage),
                 "tandem_route": json.loads(route_json(route)),
             },
             headers={ROUTE_HEADER: route_json(route)},
@@ -316,21 +346,24 @@ async def _sse(
     # Closing `events` when the client goes away cancels the generation on whichever side.
     async with aclosing(events):
         try:
+            calls = 0
             async for event in all_events():
                 if isinstance(event, TextDelta):
                     yield chunk({"content": event.text})
+                    continue
+                if isinstance(event, ReasoningDelta):
+                    yield chunk({"reasoning_content": event.text})
+                    continue
+                if isinstance(event, ToolCall):
+                    yield chunk({"tool_calls": [tool_call_delta(calls, event)]})
+                    calls += 1
                     continue
                 if not isinstance(event, Final):
                     continue  # a failover's Routed: the last chunk carries the route
                 route = json.loads(route_json(event.route))
                 yield chunk({}, _finish(event.finish_reason), tandem_route=route)
                 if include_usage:
-                    u = event.usage
-                    usage = {
-                        "prompt_tokens": u.prompt_tokens,
-                        "completion_tokens": u.completion_tokens,
-                        "total_tokens": u.prompt_tokens + u.completion_tokens,
-                    }
+                    usage = _usage(event.usage)
                     yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
         except BackendError as exc:  # mid-stream, after both sides had their chance
             _, kind, _ = _error_status(exc)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router.errors import TandemError
+from router.serve_tools import MESSAGE_TOOL_FIELDS, TOOL_FIELDS, check_message_tools
 
 __all__ = ["MAX_MESSAGES", "FieldError", "check_chat_body", "parse_json"]
 
@@ -146,7 +147,7 @@ def _content(value: Any, where: str) -> None:
             raise FieldError(f"{where}.content: a text part is {{type, text}}", "messages")
 
 
-MESSAGE_FIELDS = {"role", "content", "name"}
+MESSAGE_FIELDS = {"role", "content", "name", *MESSAGE_TOOL_FIELDS}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -165,6 +166,7 @@ def _messages(value: Any) -> None:
         if item.get("role") not in ROLES:
             raise FieldError(f"{where}.role must be one of {', '.join(ROLES)}", "messages")
         _content(item.get("content"), where)
+        check_message_tools(item, where)  # tool calls, tool results, reasoning
         if "name" in item:
             _text(f"{where}.name", 256)(item["name"])
 
@@ -189,6 +191,7 @@ FIELDS: dict[str, Callable[[Any], None]] = {
     "user": _text("user", 256),
     "presence_penalty": _ignored_penalty("presence_penalty"),
     "frequency_penalty": _ignored_penalty("frequency_penalty"),
+    **TOOL_FIELDS,  # tools, tool_choice, the thinking switch (router/serve_tools.py)
 }
 
 
