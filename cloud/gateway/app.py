@@ -365,6 +365,9 @@ class Gateway:
                                   "invalid_adapter")  # fmt: skip
         except TimeoutError:
             return error_response(408, "the upload did not arrive in time", "timeout")
+        except httpx.HTTPError:
+            return error_response(503, "the model server is not reachable; try again shortly",
+                                  "unavailable")  # fmt: skip
         finally:
             decision.release()
 
