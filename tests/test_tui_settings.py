@@ -3,6 +3,7 @@ app says so and names the environment variable."""
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from keyring.backends import fail
 from textual.widgets import Input, Static
 
 from tests.tui_support import files_containing, make_app, until
-from tui.config import load_config
+from tui.config import load_config, with_overrides
 from tui.paths import paths
 from tui.screens.settings import SettingsScreen
 from tui.secrets import ENV_VAR, load_api_key
@@ -102,3 +103,40 @@ async def test_without_a_keyring_the_settings_name_the_environment_variable(
     app.store.close()
     assert load_config().cloud_url == "https://llm.example.org"  # the rest was saved
     assert files_containing(home, KEY.encode()) == []
+
+
+async def test_save_and_switch_model_keep_only_what_the_user_changed(
+    home: Path, tui_local_engine: Any, test_models: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--mode`, `--max-tokens` and TANDEM_* are for one session: Settings → Save and F9 write
+    the fields the user changed, and whatever the file already held, nothing else."""
+    keyring.set_keyring(MemoryKeyring())
+    paths().config_dir.mkdir(parents=True)
+    paths().config_file.write_text('context_window = 2048\n')
+    monkeypatch.setenv("TANDEM_COMPLEXITY_THRESHOLD", "0.9")
+    session = with_overrides(load_config(), mode="local-only", max_tokens=99)
+    app = make_app(tui_local_engine, config=session)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#privacy-terms", Input).value = "Project Falcon"
+        app.screen.action_save()  # type: ignore[attr-defined]
+        await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        assert app.config.mode == "local-only" and app.config.max_tokens == 99  # this session
+        saved = tomllib.loads(paths().config_file.read_text())
+        assert saved == {"context_window": 2048, "privacy_terms": ["Project Falcon"]}
+
+        await pilot.press("f9")
+        await until(pilot, lambda: app.screen.query("#prompt-input"))
+        app.screen.query_one("#prompt-input", Input).value = str(test_models.target)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.composition is not None and app.backend_ready.is_set(),
+                    timeout=120)
+    app.store.close()
+    saved = tomllib.loads(paths().config_file.read_text())
+    assert saved == {
+        "context_window": 2048,
+        "privacy_terms": ["Project Falcon"],
+        "model": str(test_models.target),
+    }
+    assert not list(paths().config_dir.glob("*.tmp"))  # written whole, then renamed

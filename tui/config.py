@@ -6,7 +6,9 @@ Secrets never live here: the cloud API key is in the OS keyring (or `TANDEM_CLOU
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -15,7 +17,15 @@ from typing import Any
 from router.protocol import TandemError
 from tui.paths import paths
 
-__all__ = ["MODES", "Config", "ConfigError", "load_config", "save_config", "with_overrides"]
+__all__ = [
+    "MODES",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "save_config",
+    "update_config",
+    "with_overrides",
+]
 
 MODES = ("auto", "local-only", "cloud-preferred")
 
@@ -79,41 +89,76 @@ def _coerce(name: str, value: str, kind: Any) -> Any:
     return value
 
 
-def load_config(path: Path | None = None) -> Config:
-    """Read the config file (missing is fine: defaults), then apply TANDEM_* overrides."""
-    path = path or paths().config_file
+def _read_file(path: Path) -> dict[str, Any]:
+    """The settings the file itself holds (no environment), checked for unknown names."""
     values: dict[str, Any] = {}
     if path.exists():
         try:
             values = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete the file") from exc
-    known = {f.name: f.type for f in fields(Config)}
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(set(values) - {f.name for f in fields(Config)})
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    for name, kind in known.items():
-        env = os.environ.get(f"TANDEM_{name.upper()}")
+    return values
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config file (missing is fine: defaults), then apply TANDEM_* overrides."""
+    values = _read_file(path or paths().config_file)
+    for f in fields(Config):
+        env = os.environ.get(f"TANDEM_{f.name.upper()}")
         if env is not None:
-            values[name] = _coerce(name, env, kind)
+            values[f.name] = _coerce(f.name, env, f.type)
     return Config(**values)
 
 
 def save_config(config: Config, path: Path | None = None) -> None:
-    """Write the settings that differ from the defaults."""
-    import tomli_w
+    """Write every setting of `config` that differs from the defaults (replacing the file).
 
-    path = path or paths().config_file
+    The chat and the commands use `update_config` instead: a config loaded with `TANDEM_*`
+    values or command-line overrides holds things the user did not ask to keep."""
     defaults = Config()
-    data = {
+    _write(path or paths().config_file, {
         f.name: getattr(config, f.name)
         for f in fields(Config)
         if getattr(config, f.name) != getattr(defaults, f.name)
-    }
-    from tui.paths import private_dir, write_private
+    })
 
-    private_dir(path.parent)  # 0700
-    write_private(path, tomli_w.dumps(data))  # 0600: it holds the privacy terms
+
+def update_config(changes: dict[str, Any], path: Path | None = None) -> None:
+    """Write `changes` (setting name → value) into the config file and keep everything else
+    the file holds: never a value that came from the environment or the command line."""
+    path = path or paths().config_file
+    values = {**_read_file(path), **changes}
+    checked = Config(**values)  # the file must load again: same checks as on reading
+    defaults = Config()
+    _write(path, {
+        name: getattr(checked, name)
+        for name in values
+        if getattr(checked, name) != getattr(defaults, name)
+    })
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Write the file whole or not at all: a crash mid-write must not leave half a config
+    (write a temporary file beside it, then rename it over the old one)."""
+    import tomli_w
+
+    from tui.paths import private_dir
+
+    private_dir(path.parent)  # 0700; mkstemp makes the file 0600 (it holds the privacy terms)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(tomli_w.dumps(data))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def with_overrides(

@@ -4,7 +4,7 @@ privacy terms."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -13,7 +13,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from tui.config import MODES, Config, ConfigError, save_config
+from tui.config import MODES, Config, ConfigError, update_config
 from tui.secrets import NoKeyring, keyring_status, save_api_key
 
 __all__ = ["SettingsScreen"]
@@ -58,24 +58,26 @@ class SettingsScreen(ModalScreen[Config | None]):
     @on(Button.Pressed, "#save")
     def action_save(self) -> None:
         error = self.query_one("#settings-error", Static)
+        shown: dict[str, Any] = {
+            "cloud_url": self.query_one("#cloud-url", Input).value.strip(),
+            "cloud_ca_file": self.query_one("#cloud-ca-file", Input).value.strip(),
+            "model": self.query_one("#model", Input).value.strip(),
+            "mode": str(self.query_one("#mode", Select).value),
+            "privacy_terms": [
+                t.strip()
+                for t in self.query_one("#privacy-terms", Input).value.split(",")
+                if t.strip()
+            ],
+        }
+        # Only what the user changed here is saved: the dialog opens on this session's values,
+        # which may come from `--mode`, `--max-tokens` or TANDEM_* and are not theirs to keep.
+        changes = {k: v for k, v in shown.items() if v != getattr(self._config, k)}
         try:
-            mode = self.query_one("#mode", Select).value
-            config = replace(
-                self._config,
-                cloud_url=self.query_one("#cloud-url", Input).value.strip(),
-                cloud_ca_file=self.query_one("#cloud-ca-file", Input).value.strip(),
-                model=self.query_one("#model", Input).value.strip(),
-                mode=str(mode),
-                privacy_terms=[
-                    t.strip()
-                    for t in self.query_one("#privacy-terms", Input).value.split(",")
-                    if t.strip()
-                ],
-            )
+            config = replace(self._config, **changes)
+            update_config(changes)
         except ConfigError as exc:
             error.update(str(exc))
             return
-        save_config(config)
         key_input = self.query_one("#api-key", Input)
         key = key_input.value.strip()
         key_input.value = ""  # do not keep the secret in a widget longer than needed
