@@ -18,7 +18,15 @@ from typing import Any
 
 from router.protocol import ModelError, Unavailable
 
-__all__ = ["Loaded", "load_adapter_model", "load_main", "looks_like_hub_id", "resolve_folder"]
+__all__ = [
+    "Loaded",
+    "find_model",
+    "folder_name_for",
+    "load_adapter_model",
+    "load_main",
+    "looks_like_hub_id",
+    "resolve_folder",
+]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -38,11 +46,31 @@ class Loaded:
     path: Path
 
 
-def resolve_folder(spec: str | Path) -> Path:
-    """A local model folder for `spec` (a folder, or a hub id found locally or downloadable)."""
+def folder_name_for(hub_id: str) -> str:
+    """The folder under the models directory that holds a pulled hub model."""
+    return hub_id.replace("/", "--")
+
+
+def find_model(spec: str | Path, models_dir: Path | None = None) -> Path | None:
+    """The folder `spec` names on this machine, without the network, or None: a folder; a
+    model `tandem models pull` put in `models_dir` (ORG/NAME as ORG--NAME, or a folder name
+    there); a hub id already in the Hugging Face cache."""
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
+        return path
+    if models_dir is not None and text:
+        for candidate in (models_dir / folder_name_for(text), models_dir / text):
+            if (candidate / "config.json").exists():
+                return candidate
+    return _cached_snapshot(text) if looks_like_hub_id(text) else None
+
+
+def resolve_folder(spec: str | Path, models_dir: Path | None = None) -> Path:
+    """A local model folder for `spec`: `find_model`'s, or a hub id downloaded now."""
+    text = str(spec)
+    path = find_model(spec, models_dir)
+    if path is not None:
         if not (path / "config.json").exists():
             raise ModelError(
                 f"{path} is not a model folder (no config.json); pass a folder in the Hugging "
@@ -51,25 +79,26 @@ def resolve_folder(spec: str | Path) -> Path:
         return path
     if not looks_like_hub_id(text):
         raise ModelError(
-            f"no model at {path}: pass an existing model folder or a hub id "
+            f"no model at {Path(text).expanduser()}: pass an existing model folder or a hub id "
             "(see `tandem models list`)"
         )
     return _snapshot(text)
 
 
-def _snapshot(repo: str) -> Path:
+def _cached_snapshot(repo: str) -> Path | None:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        # Local copy first: no network round trip when the model was pulled before.
         return Path(snapshot_download(repo, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
+        return None
+
+
+def _snapshot(repo: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
     try:
         return Path(snapshot_download(repo))
     except (RepositoryNotFoundError, GatedRepoError) as exc:

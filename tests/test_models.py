@@ -106,3 +106,29 @@ def test_pull_without_the_hub_says_so_in_one_line(tmp_path: Path, env: dict[str,
     assert "cannot reach the Hugging Face hub" in lines[0]
     assert "--model PATH" in lines[0]
     assert not (tmp_path / "data" / "models" / "mlx-community--Qwen3-0.6B-4bit").exists()
+
+
+def test_a_pull_reports_the_bytes_on_disk_as_they_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chat shows a pull's progress: bytes huggingface_hub has written so far (its
+    `.incomplete` files count) against the repository's size (0: unknown, e.g. offline)."""
+    import time
+
+    import huggingface_hub.constants
+
+    from local.models import _PullWatcher
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    seen: list[tuple[int, int]] = []
+    watcher = _PullWatcher("org/tiny", None, tmp_path, lambda d, t: seen.append((d, t)))
+    try:
+        (tmp_path / ".cache").mkdir()
+        (tmp_path / ".cache" / "model.safetensors.incomplete").write_bytes(b"x" * 1000)
+        deadline = time.monotonic() + 30
+        while not any(done >= 1000 for done, _ in seen):
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
+    assert seen[-1] == (1000, 0)

@@ -20,11 +20,52 @@ if TYPE_CHECKING:
     from router.hybrid import HybridBackend
 from tui.paths import paths
 
-__all__ = ["ComposeError", "Composition", "build_composition", "router_settings"]
+__all__ = [
+    "ComposeError",
+    "Composition",
+    "DefaultNotPulled",
+    "build_composition",
+    "choose_model",
+    "router_settings",
+]
 
 
 class ComposeError(TandemError):
     """The config does not describe a backend tandem can build (e.g. no model)."""
+
+
+class DefaultNotPulled(ComposeError):
+    """No model is configured and the default for this machine's memory is not on it yet:
+    `hub_id` is the one to pull (the chat does, with progress)."""
+
+    def __init__(self, hub_id: str) -> None:
+        super().__init__(
+            f"No model configured and the default for this machine, {hub_id}, is not pulled: "
+            f"run `tandem models pull {hub_id}`, or pass --model PATH (or set TANDEM_MODEL)."
+        )
+        self.hub_id = hub_id
+
+
+def choose_model(config: Config, model: str | None = None) -> tuple[str, str]:
+    """(what to load, a note or "") for `model`, else the config's, else the default for this
+    machine's memory when it was pulled. Names found in tandem's models folder (or the hub's
+    cache) become their folder, so the chat loads what `tandem models default` shows.
+    Raises DefaultNotPulled when nothing is configured and no default is on this machine."""
+    from local.loading import find_model
+    from local.models import pulled_default
+
+    models_dir = paths().models_dir
+    spec = model or config.model
+    if not spec:
+        found = pulled_default(models_dir)
+        if found is None:
+            from local.models import default_model
+
+            raise DefaultNotPulled(default_model())
+        hub_id, pulled = found
+        return str(pulled), f"No model configured: using {hub_id} (`tandem models default`)."
+    folder = find_model(spec, models_dir)
+    return (str(folder) if folder is not None else spec), ""
 
 
 @dataclass(slots=True)
@@ -82,22 +123,20 @@ def build_composition(
     """Build (not start) the local engine, the cloud client and the hybrid backend.
 
     `model`/`draft_model` override the config; `api_key` None reads the keyring/env."""
-    model = model or config.model
-    if not model:
-        raise ComposeError(
-            "No model configured: pass --model PATH, set TANDEM_MODEL, "
-            "or choose one in Settings (F3)."
-        )
+    model, note = choose_model(config, model)
     from local.engine import LocalEngine
+    from local.loading import find_model
 
     draft = draft_model or config.draft_model or None
+    if draft:
+        draft = str(find_model(draft, paths().models_dir) or draft)
     local = LocalEngine(
         model,
         draft_model=draft,
         context_window=config.context_window or None,
         adapter_resolver=_adapter_resolver(model),
     )
-    notes: list[str] = []
+    notes: list[str] = [note] if note else []
     cloud: Service | None = None
     cloud_missing = "no cloud configured"
     if config.cloud_url:
@@ -130,5 +169,11 @@ def build_composition(
         local=local,
         cloud=cloud,
         notes=notes,
-        model_label=Path(model).name or str(model),
+        model_label=_label(model),
     )
+
+
+def _label(model: str) -> str:
+    """The status bar's name for a model: a pulled ORG--NAME folder shows as NAME."""
+    name = Path(model).name or model
+    return name.split("--", 1)[-1]

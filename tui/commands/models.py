@@ -19,7 +19,9 @@ Manage the models the local engine runs. Pulled and quantized models live in tan
 folder (`tandem models list` shows where); any folder in the Hugging Face layout works too."""
 
 DEFAULT_EPILOG = """\
-default model by this machine's memory (used while the config names none):
+default model by this machine's memory (used while the config names none; the chat pulls
+it into the models folder on its first start, or uses a smaller one from this table that was
+pulled already):
   under 12 GB   mlx-community/Qwen3-0.6B-4bit
   12-24 GB      mlx-community/Qwen3-4B-4bit
   24 GB+        mlx-community/Qwen3-8B-4bit"""
@@ -124,25 +126,31 @@ def _list(_: argparse.Namespace) -> int:
 
 
 def _default(args: argparse.Namespace) -> int:
-    from local.models import default_model, resolve, total_memory_bytes
-    from tui.config import ConfigError, load_config, save_config
+    from local.models import default_model, pulled_default, resolve, total_memory_bytes
+    from tui.config import ConfigError, load_config, update_config
     from tui.paths import paths
 
     try:
+        if args.reset or args.model:
+            update_config({"model": "" if args.reset else args.model})
         config = load_config()
     except ConfigError as exc:
         return _error(str(exc))
-    if args.reset or args.model:
-        config.model = "" if args.reset else args.model
-        save_config(config)
     if config.model:
         print(f"{config.model} (set in {paths().config_file})")
         resolved = resolve(config.model, paths().models_dir)
         if resolved != config.model:
             print(f"  → {resolved}")
     else:
+        # The chat's own choice (tui.compose.choose_model): a pulled default, else it pulls.
         memory = total_memory_bytes()
-        print(f"{default_model(memory)} (default for {memory / 2**30:.0f} GB of memory)")
+        found = pulled_default(paths().models_dir, memory)
+        if found is not None:
+            print(f"{found[0]} (default for {memory / 2**30:.0f} GB of memory)")
+            print(f"  → {found[1]}")
+        else:
+            print(f"{default_model(memory)} (default for {memory / 2**30:.0f} GB of memory; "
+                  "not pulled yet: the chat pulls it when it starts)")
     return 0
 
 
