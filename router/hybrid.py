@@ -10,6 +10,16 @@
 - at most one switch per answer; if both sides fail, `BothFailed` (the consumer keeps the text
   it already received).
 
+A thinking answer that fails while still in its reasoning starts over on the other side (the
+reasoning is the model's own scratch: the other side's would not follow from it); the
+failover `Route` says `restarted` so the consumer drops what it showed. Once the answer text
+has begun, the other side continues it with the finished reasoning
+(`ChatRequest.continue_reasoning`). An answer whose tool calls are all out when it fails ends
+there ("tool_calls"). Tool results are scanned for private data like any message, and so are
+the tool calls' arguments and the reasoning of earlier turns. A `/think` or `/no_think`
+prefix (Qwen3's soft switches) sets `ChatRequest.think` and is stripped. The final route
+says how long the answer thought (`Route.thinking_s`).
+
 Before the first delta it yields `Routed` (router.protocol) with the route: backend, rule,
 reason, scores; and another `Routed`, with `failover` set, when the answer moves. Every `Final`
 it yields carries the route as it ended. A continued answer gets what is left of max_tokens,
@@ -44,14 +54,17 @@ from router.protocol import (
     Final,
     Health,
     Message,
+    ReasoningDelta,
     Route,
     Routed,
     Service,
     StreamEvent,
     TextDelta,
+    ToolCall,
     Unavailable,
     Usage,
 )
+from router.reasoning import ThinkingClock, parse_think_switch
 
 __all__ = ["BothFailed", "HybridBackend"]
 
@@ -123,14 +136,16 @@ class HybridBackend:
     def prepare(self, request: ChatRequest) -> tuple[Decision, ChatRequest]:
         """Decide where `request` would run, without running it. Returns the decision and the
         request as it would be sent (a `/local` or `/cloud` prefix stripped)."""
-        override, sent = _strip_override(request)
+        # `/think` / `/no_think` before or after a `/local` / `/cloud` prefix.
+        override, sent = _strip_override(_strip_think_switch(request))
+        sent = _strip_think_switch(sent)
         try:
             local_caps: Capabilities | None = self.local.capabilities()
         except BackendError:
             local_caps = None
         cloud_breaker, local_breaker = self.breakers["cloud"], self.breakers["local"]
         inp = RoutingInput(
-            messages=sent.messages,
+            messages=_scanned(sent.messages),
             max_tokens=sent.sampling.max_tokens,
             continue_from=sent.continue_from,
             override=override,
@@ -160,6 +175,9 @@ class HybridBackend:
         started = time.perf_counter()
         first_token_at: float | None = None
         text: list[str] = []
+        reasoning: list[str] = []
+        calls: list[ToolCall] = []
+        thinking = ThinkingClock()
         tokens = 0  # completion tokens streamed so far (an upper bound where unknown)
         side: Side = decision.side
         route = decision.route(self._backend(side).name)
@@ -180,7 +198,11 @@ class HybridBackend:
                 yield Routed(route)
                 async with aclosing(backend.stream(attempt)) as inner:
                     async for event in inner:
-                        if isinstance(event, TextDelta):
+                        if isinstance(event, ToolCall):
+                            thinking.stop()
+                            calls.append(event)
+                            yield event
+                        elif isinstance(event, (TextDelta, ReasoningDelta)):
                             if first_token_at is None:
                                 first_token_at = time.perf_counter()
                             if timed and not attempt_answered:
@@ -188,12 +210,19 @@ class HybridBackend:
                                     side, time.perf_counter() - attempt_started
                                 )
                             attempt_answered = True
-                            text.append(event.text)
+                            if isinstance(event, ReasoningDelta):
+                                thinking.start()
+                                reasoning.append(event.text)
+                            else:
+                                thinking.stop()
+                                text.append(event.text)
                             tokens += _token_count(event)
                             yield event
                         elif isinstance(event, Final):
                             settled = True
                             breaker.record_success()
+                            thinking.stop()
+                            route = replace(route, thinking_s=thinking.seconds)
                             yield self._final(event, route, started, first_token_at)
                             return
                 raise Unavailable(
@@ -202,7 +231,14 @@ class HybridBackend:
             except BackendError as exc:
                 settled = True
                 breaker.record_failure(exc)
-                so_far = "".join(text)
+                so_far, thought = "".join(text), "".join(reasoning)
+                if calls:
+                    # The calls are whole and out: the answer is complete, only its end lost.
+                    thinking.stop()
+                    end = Final("tool_calls", Usage(0, tokens), backend.name, model="")
+                    route = replace(route, thinking_s=thinking.seconds)
+                    yield self._final(end, route, started, first_token_at)
+                    return
                 if first_error is not None:
                     raise BothFailed(
                         f"Both sides failed: {_SIDE_NAMES[_other(side)]}: {_cause(first_error)}; "
@@ -211,12 +247,19 @@ class HybridBackend:
                         second=exc,
                         partial_text=so_far,
                     ) from exc
-                target = self._failover_target(side, decision, so_far)
+                # The device's partial answer (and its reasoning) would be sent along.
+                target = self._failover_target(side, decision, so_far + "\n" + thought)
                 if target is None:
                     raise
                 first_error = exc
-                failover = _failover_sentence(side, exc, mid_stream=bool(so_far))
-                if so_far:
+                restart = bool(thought) and not so_far
+                failover = _failover_sentence(
+                    side, exc, mid_stream=bool(so_far), restarted=restart
+                )
+                if restart:
+                    # Still thinking: start over there, with the whole token budget.
+                    attempt, reasoning, tokens, thinking = sent, [], 0, ThinkingClock()
+                elif so_far:
                     # The other side continues the text with what is left of the token budget.
                     left = sent.sampling.max_tokens - tokens
                     if left < 1:  # the budget is spent: the answer is whole, only its end lost
@@ -227,10 +270,13 @@ class HybridBackend:
                     attempt = replace(
                         sent,
                         continue_from=sent.continue_from + so_far,
+                        continue_reasoning=sent.continue_reasoning or thought,
                         sampling=replace(sent.sampling, max_tokens=left),
                     )
                 side = target
-                route = decision.route(self._backend(side).name, failover)
+                route = replace(
+                    decision.route(self._backend(side).name, failover), restarted=restart
+                )
             finally:
                 if not settled:
                     breaker.abandon()  # the consumer closed the stream: no verdict
@@ -308,7 +354,19 @@ class HybridBackend:
                 await backend.aclose()
 
 
-def _token_count(delta: TextDelta) -> int:
+def _scanned(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """The messages as the privacy scan reads them: an assistant turn's tool-call arguments
+    and reasoning go over the wire too, so they count as its content here (tool results
+    already are a `tool` message's content). Same number of messages: findings keep their
+    message numbers."""
+    out = []
+    for m in messages:
+        extra = [c.arguments for c in m.tool_calls] + ([m.reasoning] if m.reasoning else [])
+        out.append(replace(m, content="\n".join([m.content, *extra])) if extra else m)
+    return tuple(out)
+
+
+def _token_count(delta: TextDelta | ReasoningDelta) -> int:
     """The tokens a delta stands for; when the backend does not say, its UTF-8 length (a
     token holds at least one byte of text): over-counting only ends a continuation early,
     under-counting would let it run past max_tokens."""
@@ -321,7 +379,13 @@ def _other(side: Side) -> Side:
     return "cloud" if side == "local" else "local"
 
 
-def _failover_sentence(failed: Side, error: BackendError, *, mid_stream: bool) -> str:
+def _failover_sentence(
+    failed: Side, error: BackendError, *, mid_stream: bool, restarted: bool = False
+) -> str:
+    if restarted:
+        where = "on this device" if failed == "cloud" else "in the cloud"
+        failing = "the cloud" if failed == "cloud" else "this device"
+        return f"started over {where}: {failing} failed while thinking ({_cause(error)})"
     if failed == "cloud":
         if mid_stream:
             what = "cloud connection lost" if isinstance(error, Unavailable) else _cause(error)
@@ -330,6 +394,20 @@ def _failover_sentence(failed: Side, error: BackendError, *, mid_stream: bool) -
     if mid_stream:
         return f"continued in the cloud: this device failed ({_cause(error)})"
     return f"answered in the cloud: this device failed before answering ({_cause(error)})"
+
+
+def _strip_think_switch(request: ChatRequest) -> ChatRequest:
+    """A `/think` or `/no_think` prefix on the last user message sets `think` (and goes)."""
+    for i in range(len(request.messages) - 1, -1, -1):
+        message = request.messages[i]
+        if message.role == "user":
+            think, text = parse_think_switch(message.content)
+            if think is None:
+                return request
+            messages = list(request.messages)
+            messages[i] = replace(message, content=text)
+            return replace(request, messages=tuple(messages), think=think)
+    return request
 
 
 def _strip_override(request: ChatRequest) -> tuple[Side | None, ChatRequest]:
