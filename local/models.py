@@ -14,12 +14,16 @@ Default model by unified memory (overridable with `model = "..."` in the config 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from local.loading import find_model, folder_name_for
 from router.protocol import ModelError
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "model_folder_if_local",
     "model_info",
     "pull",
+    "pulled_default",
     "resolve",
     "total_memory_bytes",
 ]
@@ -121,11 +126,6 @@ def model_info(folder: Path, name: str | None = None) -> ModelInfo | None:
     )
 
 
-def folder_name_for(hub_id: str) -> str:
-    """The folder under the models directory that holds a pulled hub model."""
-    return hub_id.replace("/", "--")
-
-
 def list_models(models_dir: Path) -> list[ModelInfo]:
     """Every model folder directly under `models_dir`, by name."""
     if not models_dir.is_dir():
@@ -140,17 +140,10 @@ def list_models(models_dir: Path) -> list[ModelInfo]:
 
 
 def resolve(spec: str, models_dir: Path) -> str:
-    """A folder for `spec` if it is one, or was pulled into `models_dir`; else `spec` as is."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return str(path)
-    pulled = models_dir / folder_name_for(spec)
-    if pulled.is_dir():
-        return str(pulled)
-    by_name = models_dir / spec
-    if by_name.is_dir():
-        return str(by_name)
-    return spec
+    """The folder the chat loads for `spec` (the loader's own lookup, without the network);
+    `spec` as is when it is not on this machine."""
+    folder = find_model(spec, models_dir)
+    return str(folder) if folder is not None else spec
 
 
 def model_folder_if_local(spec: str | Path | None) -> Path | None:
@@ -181,6 +174,18 @@ def default_model(total_bytes: int | None = None) -> str:
         if total >= threshold:
             return model
     return DEFAULTS_BY_MEMORY[-1][1]
+
+
+def pulled_default(models_dir: Path, total_bytes: int | None = None) -> tuple[str, Path] | None:
+    """(hub id, folder) of the default model when it is on this machine already: the one for
+    this memory, else a smaller one from the table that was pulled; None when none was."""
+    picked = default_model(total_bytes)
+    ids = [model for _, model in DEFAULTS_BY_MEMORY]
+    for hub_id in ids[ids.index(picked):]:
+        folder = find_model(hub_id, models_dir)
+        if folder is not None:
+            return hub_id, folder
+    return None
 
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -236,8 +241,23 @@ class HubUnreachable(ModelError):
     """The Hugging Face hub cannot be reached (offline, proxy, firewall)."""
 
 
-def pull(hub_id: str, models_dir: Path, *, revision: str | None = None) -> Path:
-    """Download `hub_id` into `models_dir` (huggingface_hub shows a progress bar).
+PULL_PATTERNS = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt",
+                 "*.jsonl", "*.jinja"]
+"""The files of a hub repository that a pull downloads: what mlx-lm loads, no extras."""
+
+PullProgress = Callable[[int, int], None]
+"""Called with (bytes on disk so far, bytes expected; 0 when unknown) while a pull runs."""
+
+
+def pull(
+    hub_id: str,
+    models_dir: Path,
+    *,
+    revision: str | None = None,
+    progress: PullProgress | None = None,
+) -> Path:
+    """Download `hub_id` into `models_dir` (huggingface_hub shows a progress bar; `progress`,
+    when given, hears about it twice a second as well, from another thread).
 
     Downloads into a `.partial` folder first, so an interrupted pull never looks complete.
     """
@@ -257,10 +277,11 @@ def pull(hub_id: str, models_dir: Path, *, revision: str | None = None) -> Path:
         return target
     partial = models_dir / f".{folder_name_for(hub_id)}.partial"
     partial.mkdir(parents=True, exist_ok=True)
-    patterns = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt",
-                "*.jsonl", "*.jinja"]
+    watcher = _PullWatcher(hub_id, revision, partial, progress) if progress else None
     try:
-        snapshot_download(hub_id, revision=revision, local_dir=partial, allow_patterns=patterns)
+        snapshot_download(
+            hub_id, revision=revision, local_dir=partial, allow_patterns=PULL_PATTERNS
+        )
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as exc:
         raise ModelError(
             f"no model called {hub_id} on the Hugging Face hub (or it needs a login); "
@@ -276,6 +297,9 @@ def pull(hub_id: str, models_dir: Path, *, revision: str | None = None) -> Path:
             f"cannot reach the Hugging Face hub to pull {hub_id}; copy the model folder to "
             f"this machine and pass it as --model PATH (or put it in {models_dir})"
         ) from exc
+    finally:
+        if watcher is not None:
+            watcher.stop()
     if not (partial / "config.json").exists():
         raise ModelError(f"{hub_id} has no config.json: not a model mlx-lm can load")
     partial.rename(target)
@@ -285,3 +309,48 @@ def pull(hub_id: str, models_dir: Path, *, revision: str | None = None) -> Path:
 def _remove_if_empty(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not empty: keep it, the next pull resumes
         folder.rmdir()
+
+
+class _PullWatcher:
+    """Reports a running pull's bytes on disk (huggingface_hub writes `*.incomplete` files
+    under the target folder as they arrive) against the repository's size."""
+
+    EVERY_S = 0.5
+
+    def __init__(
+        self, hub_id: str, revision: str | None, folder: Path, report: PullProgress
+    ) -> None:
+        self._hub_id, self._revision, self._folder, self._report = hub_id, revision, folder, report
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pull-progress", daemon=True)
+        self._thread.start()
+
+    def _expected(self) -> int:
+        from huggingface_hub import HfApi
+
+        try:
+            info = HfApi().model_info(self._hub_id, revision=self._revision, files_metadata=True)
+        except Exception:  # unknown size: progress shows bytes only
+            return 0
+        return sum(
+            f.size or 0
+            for f in info.siblings or []
+            if any(fnmatch.fnmatch(f.rfilename.rsplit("/", 1)[-1], p) for p in PULL_PATTERNS)
+        )
+
+    def _on_disk(self) -> int:
+        total = 0
+        for f in self._folder.rglob("*"):
+            with contextlib.suppress(OSError):  # renamed or removed while we look
+                if f.is_file():
+                    total += f.stat().st_size
+        return total
+
+    def _run(self) -> None:
+        expected = self._expected()
+        while not self._done.wait(self.EVERY_S):
+            self._report(self._on_disk(), expected)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=2)
