@@ -3,6 +3,8 @@ cannot (no model, no key, a bad privacy pattern). Building loads nothing and cal
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,15 +12,18 @@ from typing import Any
 import keyring
 import pytest
 from keyring.backends import fail
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from cloud.client import CloudClient
 from local.engine import LocalEngine
+from local.loading import folder_name_for
+from local.models import default_model
 from router.hybrid import HybridBackend
 from tests.tui_support import answer, answer_views, until
 from tui.app import TandemApp
-from tui.compose import ComposeError, build_composition
-from tui.config import Config
+from tui.commands.models import main as models_main
+from tui.compose import ComposeError, Composition, build_composition
+from tui.config import Config, load_config
 from tui.paths import paths
 from tui.secrets import ENV_VAR
 from tui.store import Store
@@ -96,17 +101,75 @@ def test_an_invalid_privacy_pattern_is_a_clear_error(test_models: Any) -> None:
     assert "Privacy settings" in str(error.value)
 
 
-async def test_the_app_without_a_model_explains_and_keeps_the_message() -> None:
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hugging Face hub (this machine has no network anyway; this makes it quick and
+    certain): the variable for child processes, the constant huggingface_hub read at import."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+async def test_without_a_model_or_a_network_one_line_says_what_to_do(offline: None) -> None:
+    hub_id = default_model()
     app = TandemApp(store=Store.open(paths().database), config=Config())
     async with app.run_test(size=(110, 32)) as pilot:
-        await until(pilot, lambda: app.boot_error is not None)
-        assert "not loaded" in str(app.chat.query_one(StatusBar).render())
+        await until(pilot, lambda: app.backend_ready.is_set())
+        line = app.boot_error
+        assert line is not None and "\n" not in line
+        assert hub_id in line and f"tandem models pull {hub_id}" in line and "--model" in line
+        bar = app.chat.query_one(StatusBar)
+        await until(pilot, lambda: "not loaded" in str(bar.render()))
         stored = await answer(pilot, "Hello?")
-        assert stored.status == "error" and "No model configured" in stored.error
+        assert stored.status == "error" and f"tandem models pull {hub_id}" in stored.error
         note = str(answer_views(app)[-1].query_one(".note", Static).render())
         assert "--model" in note
         assert app.chat.conversation is not None
         assert app.store.messages(app.chat.conversation.id)[0].content == "Hello?"
+    assert not (paths().models_dir / folder_name_for(hub_id)).exists()
+
+
+@pytest.mark.mlx
+async def test_without_a_model_the_chat_uses_the_pulled_default(
+    test_models: Any, offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's promise: with no model configured, the default for this machine's memory
+    (here: pulled already; a copy of the test model stands in for it)."""
+    hub_id = default_model()
+    pulled = paths().models_dir / folder_name_for(hub_id)
+    shutil.copytree(test_models.target, pulled)
+    assert models_main(["default"]) == 0
+    assert str(pulled) in capsys.readouterr().out  # what `tandem models default` says...
+    app = TandemApp(store=Store.open(paths().database), config=Config())
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.backend_ready.is_set(), timeout=120)
+        assert app.boot_error is None
+        assert app.composition is not None
+        assert app.composition.local.model_spec == str(pulled)  # ...is what the chat loads
+        assert app.composition.model_label == hub_id.split("/")[1]
+        assert any(hub_id in str(n.message) for n in app._notifications)
+        stored = await answer(pilot, "What is the capital of France?")
+        assert stored.status == "complete" and stored.content
+
+
+@pytest.mark.mlx
+async def test_a_pulled_model_named_by_its_hub_id_loads_offline(
+    test_models: Any, offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pulled = paths().models_dir / "org--tiny"
+    shutil.copytree(test_models.target, pulled)
+    assert models_main(["default", "org/tiny"]) == 0
+    assert f"→ {pulled}" in capsys.readouterr().out
+    app = TandemApp(store=Store.open(paths().database), config=load_config())
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.backend_ready.is_set(), timeout=120)
+        assert app.boot_error is None, app.boot_error
+        assert app.composition is not None
+        assert app.composition.local.model_spec == str(pulled)
+        assert "device tiny: ready" in str(app.chat.query_one(StatusBar).render())
+        stored = await answer(pilot, "What is the capital of France?")
+        assert stored.status == "complete" and stored.content
 
 
 @pytest.mark.mlx
@@ -133,3 +196,39 @@ async def test_switch_model_loads_the_new_one_and_answers_with_it(test_models: A
         assert stored.status == "complete" and stored.content
         assert stored.route is not None and stored.route.model.endswith("draft")
     assert Config().model == "" and "draft" in (paths().config_file.read_text())
+
+
+@pytest.mark.mlx
+async def test_switching_models_keeps_one_cloud_health_poll(test_models: Any) -> None:
+    built: list[Composition] = []
+
+    def build(config: Config, *, model: str | None = None, **_: Any) -> Composition:
+        engine = LocalEngine(model or test_models.target)
+        cloud = CloudClient("http://127.0.0.1:9", "tk-test")  # nothing listens: offline
+        comp = Composition(
+            backend=HybridBackend(engine, cloud), local=engine, cloud=cloud, model_label="m"
+        )
+        built.append(comp)
+        return comp
+
+    app = TandemApp(
+        store=Store.open(paths().database), config=Config(), model=str(test_models.target),
+        build=build,
+    )
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.backend_ready.is_set(), timeout=120)
+        for model in (test_models.draft, test_models.target):  # F9, twice
+            await pilot.press("f9")
+            await until(pilot, lambda: bool(app.screen.query("#prompt-input")))
+            app.screen.query_one("#prompt-input", Input).value = str(model)
+            before = len(built)
+            await pilot.press("enter")
+            await until(
+                pilot,
+                lambda: len(built) > before and app.backend_ready.is_set(),  # noqa: B023
+                timeout=120,
+            )
+        await until(pilot, lambda: app.cloud_state == "offline")
+        polls = [t for t in asyncio.all_tasks() if t.get_name() == "cloud-health"]
+        assert len(polls) == 1
+    assert len(built) == 3

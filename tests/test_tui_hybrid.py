@@ -68,3 +68,26 @@ async def test_a_local_only_pin_keeps_answers_on_the_device(
             await pilot.pause(0.2)
             assert last_answer(app).id == stored.id
             assert any("pinned to this device" in str(n.message) for n in app._notifications)
+
+
+async def test_a_model_that_fails_to_load_does_not_block_the_cloud(
+    cloud_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local.engine import LocalEngine
+
+    monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()  # a folder without config.json: the engine's load fails
+    engine = LocalEngine(broken)
+    async with CloudClient(cloud_gateway.url, cloud_gateway.api_key, model="target") as cloud:
+        app = make_app(engine, cloud=cloud)
+        async with app.run_test(size=(120, 32)) as pilot:
+            await until(pilot, lambda: app.backend_ready.is_set())
+            assert app.boot_error is not None and "config.json" in app.boot_error
+            bar = app.chat.query_one(StatusBar)
+            await until(pilot, lambda: "not loaded" in str(bar.render()))
+            stored = await answer(pilot, DOG)
+            assert stored.status == "complete", stored.error
+            assert stored.route is not None and stored.route.backend == "cloud"
+            assert stored.content
+    await engine.aclose()

@@ -12,12 +12,14 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker
 
@@ -27,14 +29,14 @@ from tui.collector import defer_full_collections
 from tui.export import export_conversation
 from tui.paths import paths
 from tui.screens.dialogs import Confirm, RouteRecord, SearchDialog, TextPrompt
-from tui.store import Conversation, MessageStatus, StoredMessage
+from tui.store import Conversation, MessageStatus, Store, StoredMessage
 from tui.widgets.composer import Composer
 from tui.widgets.sidebar import ConversationList
 from tui.widgets.status import StatusBar
 from tui.widgets.transcript import MessageView, Transcript, side_name
 
 if TYPE_CHECKING:
-    from tui.app import TandemApp
+    from tui.session import ChatSession
 
 __all__ = ["BINDINGS", "ChatScreen"]
 
@@ -65,21 +67,27 @@ BINDINGS: list[BindingType] = [
 
 
 class ChatScreen(Screen[None]):
-    """The main screen. `conversation` is the one shown; the app owns the backend."""
+    """The main screen. `conversation` is the one shown. It calls down only: into the `store`
+    and the `session` it is given (which owns the backend), and posts what the app should
+    know as messages."""
 
     BINDINGS = BINDINGS
 
-    def __init__(self) -> None:
+    @dataclass
+    class AnswerFailed(Message):
+        """An answer ended with `error` (already shown in the transcript)."""
+
+        error: BaseException
+
+    def __init__(self, store: Store, session: ChatSession) -> None:
         super().__init__()
+        self.store = store
+        self.session = session
         self.conversation: Conversation | None = None
         self.answer_worker: Worker[None] | None = None
         self._editing: StoredMessage | None = None
         """The message Ctrl+L put back in the input: sending replaces it (in its own
         conversation only: message ids are global)."""
-
-    @property
-    def tandem(self) -> TandemApp:
-        return cast("TandemApp", self.app)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -90,7 +98,7 @@ class ChatScreen(Screen[None]):
         yield StatusBar(id="status")
 
     async def on_mount(self) -> None:
-        store = self.tandem.store
+        store = self.store
         conversations = store.conversations()
         conv = conversations[0] if conversations else store.create_conversation()
         await self.open_conversation(conv.id)
@@ -106,19 +114,19 @@ class ChatScreen(Screen[None]):
 
     def refresh_sidebar(self) -> None:
         current = self.conversation.id if self.conversation else None
-        self.query_one(ConversationList).show(self.tandem.store.conversations(), current)
+        self.query_one(ConversationList).show(self.store.conversations(), current)
 
     async def open_conversation(self, conversation_id: str) -> None:
         """Show a conversation (cancels an answer still streaming in the current one)."""
-        conv = self.tandem.store.conversation(conversation_id)
+        conv = self.store.conversation(conversation_id)
         if conv is None:
             return
         await self.cancel_answer()
         self._stop_editing()
         self.conversation = conv
-        await self.query_one(Transcript).show(self.tandem.store.messages(conv.id))
+        await self.query_one(Transcript).show(self.store.messages(conv.id))
         self.refresh_sidebar()
-        self.tandem.show_pin(conv)
+        self._show_pin()
 
     def _stop_editing(self) -> None:
         """Forget a Ctrl+L edit (another conversation opens): the next send is a new message,
@@ -136,9 +144,13 @@ class ChatScreen(Screen[None]):
 
     def _reload_conversation(self) -> None:
         assert self.conversation is not None
-        conv = self.tandem.store.conversation(self.conversation.id)
+        conv = self.store.conversation(self.conversation.id)
         if conv is not None:
             self.conversation = conv
+
+    def _show_pin(self) -> None:
+        pinned = self.conversation is not None and self.conversation.local_only
+        self.query_one(StatusBar).pin = "⌂ local-only" if pinned else ""
 
     # --- sending and streaming ---
 
@@ -159,7 +171,7 @@ class ChatScreen(Screen[None]):
                 severity="warning",
             )
             return
-        store = self.tandem.store
+        store = self.store
         conv = self.conversation
         editing, self._editing = self._editing, None
         if editing is not None and editing.conversation_id == conv.id:
@@ -179,8 +191,8 @@ class ChatScreen(Screen[None]):
 
     @work(exclusive=True, group="answer")
     async def _answer(self, side: str | None) -> None:
-        app = self.tandem
-        store = app.store
+        session = self.session
+        store = self.store
         assert self.conversation is not None
         conv = self.conversation
         history = store.messages(conv.id)
@@ -192,14 +204,14 @@ class ChatScreen(Screen[None]):
         error = ""
         resume_collections = defer_full_collections()
         try:
-            if not app.backend_ready.is_set():
+            if not session.ready.is_set():
                 view.set_waiting(WAITING)
-                await app.backend_built.wait()
+                await session.built.wait()
                 # With a cloud the router may answer there at once; otherwise wait here.
-                if not app.may_use_cloud(conv):
-                    await app.backend_ready.wait()
-            request = build_request(conv, history, max_tokens=app.config.max_tokens)
-            stream = app.stream_answer(conv, request, side)
+                if not session.may_use_cloud(conv):
+                    await session.ready.wait()
+            request = build_request(conv, history, max_tokens=session.config.max_tokens)
+            stream = session.stream(conv, request, side)
             async with contextlib.aclosing(stream) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
@@ -211,7 +223,7 @@ class ChatScreen(Screen[None]):
                         if route.failover:
                             view.set_waiting(f"↪ {route.failover}")
                             continue
-                        waiting = route.backend == "local" and not app.backend_ready.is_set()
+                        waiting = route.backend == "local" and not session.ready.is_set()
                         view.set_waiting(
                             (f"{WAITING} " if waiting else "")
                             + f"→ {side_name(route.backend)}: {route.reason}"
@@ -225,14 +237,13 @@ class ChatScreen(Screen[None]):
             status = "cancelled"
         except Exception as exc:  # every failure becomes one line; the history stays
             status, error = "error", describe_error(exc)
-            app.note_failure(exc)
+            self.post_message(self.AnswerFailed(exc))
         try:
             store.finish_message(stored.id, saver.text, status, final=final, error=error)
             finished = store.message(stored.id)
             if finished is not None:
                 await view.finish(finished)
             self.query_one(Transcript).scroll_end(animate=False)
-            app.refresh_status()
         finally:
             # Once the last words are on screen, the collector may take its pause.
             self.call_after_refresh(resume_collections)
@@ -260,7 +271,7 @@ class ChatScreen(Screen[None]):
 
     def _last_user_message_id(self) -> int | None:
         assert self.conversation is not None
-        users = [m for m in self.tandem.store.messages(self.conversation.id) if m.role == "user"]
+        users = [m for m in self.store.messages(self.conversation.id) if m.role == "user"]
         return users[-1].id if users else None
 
     async def _regenerate(self, side: str | None) -> None:
@@ -270,7 +281,7 @@ class ChatScreen(Screen[None]):
         if last_user is None:
             self.notify("Nothing to regenerate yet.", severity="warning")
             return
-        store = self.tandem.store
+        store = self.store
         store.delete_messages_from(self.conversation.id, last_user + 1)
         await self.query_one(Transcript).show(store.messages(self.conversation.id))
         self.start_answer(side)
@@ -284,7 +295,7 @@ class ChatScreen(Screen[None]):
         last = self.query_one(Transcript).last_answer()
         ran_on = last.message.route.backend if last and last.message.route else "local"
         other = "cloud" if ran_on == "local" else "local"
-        problem = self.tandem.cannot_pin(other, self.conversation)
+        problem = self.session.cannot_pin(other, self.conversation)
         if problem:
             self.notify(problem, severity="warning", timeout=6)
             return
@@ -296,7 +307,7 @@ class ChatScreen(Screen[None]):
         assert self.conversation is not None
         await self.cancel_answer()
         last_user = self._last_user_message_id()
-        message = self.tandem.store.message(last_user) if last_user is not None else None
+        message = self.store.message(last_user) if last_user is not None else None
         if message is None:
             self.notify("No message to edit yet.", severity="warning")
             return
@@ -332,7 +343,7 @@ class ChatScreen(Screen[None]):
 
     async def action_new_conversation(self) -> None:
         """Ctrl+N: start a new conversation."""
-        conv = self.tandem.store.create_conversation(DEFAULT_TITLE)
+        conv = self.store.create_conversation(DEFAULT_TITLE)
         await self.open_conversation(conv.id)
         self.query_one(Composer).focus()
 
@@ -344,7 +355,7 @@ class ChatScreen(Screen[None]):
             TextPrompt("Rename conversation", self.conversation.title)
         )
         if title and title.strip():
-            self.tandem.store.update_conversation(self.conversation.id, title=title.strip())
+            self.store.update_conversation(self.conversation.id, title=title.strip())
             self._reload_conversation()
             self.refresh_sidebar()
 
@@ -358,7 +369,7 @@ class ChatScreen(Screen[None]):
         if not sure:
             return
         await self.cancel_answer()
-        store = self.tandem.store
+        store = self.store
         store.delete_conversation(self.conversation.id)
         remaining = store.conversations()
         conv = remaining[0] if remaining else store.create_conversation(DEFAULT_TITLE)
@@ -367,7 +378,7 @@ class ChatScreen(Screen[None]):
     @work
     async def action_search(self) -> None:
         """Ctrl+F: search every conversation and open the one chosen."""
-        conv_id = await self.app.push_screen_wait(SearchDialog(self.tandem.store))
+        conv_id = await self.app.push_screen_wait(SearchDialog(self.store))
         if conv_id:
             await self.open_conversation(conv_id)
 
@@ -376,7 +387,7 @@ class ChatScreen(Screen[None]):
         assert self.conversation is not None
         folder = paths().data_dir / "exports"
         try:
-            md, js = export_conversation(self.tandem.store, self.conversation.id, folder)
+            md, js = export_conversation(self.store, self.conversation.id, folder)
         except OSError as exc:
             self.notify(f"Export failed: {exc}", severity="error")
             return
@@ -397,7 +408,7 @@ class ChatScreen(Screen[None]):
 
     @on(MessageView.RouteRequested)
     def _route_clicked(self, event: MessageView.RouteRequested) -> None:
-        message = self.tandem.store.message(event.message_id)
+        message = self.store.message(event.message_id)
         if message is not None:
             self.app.push_screen(RouteRecord(message))
 
@@ -409,7 +420,7 @@ class ChatScreen(Screen[None]):
             TextPrompt("System prompt for this conversation", self.conversation.system_prompt)
         )
         if text is not None:
-            self.tandem.store.update_conversation(self.conversation.id, system_prompt=text)
+            self.store.update_conversation(self.conversation.id, system_prompt=text)
             self._reload_conversation()
             self.notify("System prompt set." if text else "System prompt removed.")
 
@@ -425,7 +436,7 @@ class ChatScreen(Screen[None]):
             )
         )
         if name is not None:
-            self.tandem.store.update_conversation(self.conversation.id, adapter=name.strip())
+            self.store.update_conversation(self.conversation.id, adapter=name.strip())
             self._reload_conversation()
             self.notify(f"Adapter: {name.strip() or 'none (base model)'}.")
 
@@ -433,10 +444,10 @@ class ChatScreen(Screen[None]):
         """F7: pin this conversation to this device (never sent to the cloud)."""
         assert self.conversation is not None
         pinned = not self.conversation.local_only
-        self.tandem.store.update_conversation(self.conversation.id, local_only=pinned)
+        self.store.update_conversation(self.conversation.id, local_only=pinned)
         self._reload_conversation()
         self.refresh_sidebar()
-        self.tandem.show_pin(self.conversation)
+        self._show_pin()
         self.notify(
             "Pinned to this device: answers never go to the cloud."
             if pinned

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
+from textual.reactive import reactive
 from textual.widgets import Static
 
 __all__ = ["StatusBar", "process_memory_bytes"]
@@ -30,22 +32,47 @@ def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**20:.0f} MB"
 
 
+BOUND = {
+    "local": "local_state",
+    "model": "model_label",
+    "cloud": "cloud_state",
+    "mode": "routing_mode",
+}
+"""Each field → the app's reactive it follows (when the app has it): the bar reads the app's
+state, the app never reaches into the bar."""
+MEMORY_EVERY_S = 2.0
+
+
 class StatusBar(Static):
-    """One line; the app sets its fields and it re-renders."""
+    """One line. local, model, cloud and mode follow the app's reactives of the names in
+    BOUND; `pin` belongs to the conversation shown (the chat screen sets it)."""
+
+    local = reactive("starting…", layout=False)
+    model = reactive("", layout=False)
+    cloud = reactive("off", layout=False)
+    mode = reactive("auto", layout=False)
+    pin = reactive("", layout=False)
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__("", markup=False, **kwargs)  # type: ignore[arg-type]
-        self.local = "starting…"
-        self.model = ""
-        self.cloud = "off"
-        self.mode = "auto"
-        self.pin = ""
 
-    def set(self, **fields: str) -> None:
-        """Change any of local, model, cloud, mode, pin and re-render."""
-        for name, value in fields.items():
-            setattr(self, name, value)
+    def on_mount(self) -> None:
+        for field, source in BOUND.items():
+            if hasattr(type(self.app), source):
+                self.watch(self.app, source, self._follower(field))
+        self.set_interval(MEMORY_EVERY_S, self.refresh_text)  # the memory figure moves
         self.refresh_text()
+
+    def _follower(self, field: str) -> Callable[[str], None]:
+        def follow(value: str) -> None:
+            setattr(self, field, value)
+
+        return follow
+
+    def _watch_fields(self) -> None:
+        self.refresh_text()
+
+    watch_local = watch_model = watch_cloud = watch_mode = watch_pin = _watch_fields
 
     def refresh_text(self) -> None:
         model = f" {self.model}" if self.model else ""
