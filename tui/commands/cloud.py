@@ -125,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
         "--no-lora", action="store_true", help="do not host users' adapters (frees the LoRA memory)"
     )
     serve.add_argument(
+        "--reasoning-parser", default=None, metavar="NAME",
+        help="vLLM's reasoning parser (e.g. qwen3); '' for none (default: the profile's, "
+        "'auto': by model family)",
+    )
+    serve.add_argument(
+        "--tool-call-parser", default=None, metavar="NAME",
+        help="vLLM's tool-call parser (e.g. hermes); '' for none (default: the profile's, "
+        "'auto': by model family)",
+    )
+    serve.add_argument(
         "--upstream",
         default=None,
         metavar="URL",
@@ -323,6 +333,8 @@ def _serve(args: argparse.Namespace) -> int:
             lora=False if args.no_lora else None,
             tensor_parallel_size=args.tensor_parallel_size,
             max_num_seqs=args.max_num_seqs,
+            reasoning_parser=args.reasoning_parser,
+            tool_call_parser=args.tool_call_parser,
         )
         command = build_vllm_command(options, profile)
     except LaunchError as exc:
