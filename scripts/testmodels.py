@@ -18,6 +18,7 @@ for everyone); the thinking model's key hashes its module and the core key.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -77,14 +78,21 @@ def build(cache_dir: Path | None = None, *, thinking: bool = False) -> ModelSet:
     `tui.cli.keep_torch_out`), the training runs in a child process first."""
     if sys.modules.get("torch", False) is None:
         _build_in_child(cache_dir, thinking=thinking)
-    core = _build_core(cache_dir)
     root = Path(os.environ.get("TANDEM_TEST_MODELS", cache_dir or DEFAULT_CACHE))
+    root.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: a second process (another test run, `scripts/dev chat`) waits
+    # for the first and then finds the models cached, instead of training a copy beside it
+    # on the same cores.
+    with (root / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        core = _build_core(cache_dir)
+        thinking_dir = thinkingmodel.build(root) if thinking else None
     return ModelSet(
         target=core.target,
         draft=core.draft,
         corpus=core.corpus,
         heldout=core.heldout,
-        thinking=thinkingmodel.build(root) if thinking else None,
+        thinking=thinking_dir,
     )
 
 
