@@ -8,6 +8,7 @@ handshake per answer). Failures become the contract's typed errors where they en
     429                                                         → Overloaded(retry_after)
     400 "maximum context length"                                → ContextTooLong
     404 unknown model/adapter, other 4xx                        → ModelError
+    private data in the body that the router did not clear      → PrivacyRefused (not sent)
     a malformed answer (not JSON, a bad SSE line, missing fields) → Unavailable
 
 Three timeouts, because a stalled answer should fail over quickly while a slow start is normal:
@@ -29,6 +30,7 @@ import httpx
 
 from cloud.chatwire import DeltaReader, request_fields, request_messages
 from cloud.trust import UNTRUSTED_HINT, TrustError, is_untrusted_certificate, ssl_context
+from router.privacy import PrivacyRefused, PrivacyScanner
 from router.protocol import (
     BackendError,
     Capabilities,
@@ -101,6 +103,7 @@ class CloudClient:
         idle_timeout_s: float = 15.0,
         ca_file: str | Path | None = None,
         allow_http: bool = False,
+        scanner: PrivacyScanner | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -118,6 +121,9 @@ class CloudClient:
             verify=ssl_context(ca_file),
             limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
         )
+        self.scanner: PrivacyScanner = scanner or PrivacyScanner()
+        """Looks at every request body before it is sent (the hybrid backend hands over the
+        router's own, with the user's terms and patterns)."""
         self._context_window: int | None = None
         self._adapters: tuple[str, ...] = ()
         self._active = 0
@@ -194,6 +200,7 @@ class CloudClient:
         if self.model is None:
             await self.refresh_models()
         body = self._body(request)
+        self._check_privacy(request, body)  # the one choke point: nothing else sends chat
         started = time.perf_counter()
         self._active += 1
         response: httpx.Response | None = None
@@ -227,6 +234,19 @@ class CloudClient:
                 await response.aclose()
 
     # --- internals ------------------------------------------------------------------------
+
+    def _check_privacy(self, request: ChatRequest, body: dict[str, Any]) -> None:
+        """Scan the exact body about to go out (every message, the continued text, the stop
+        strings, the adapter name, the tools) and refuse it unless the router cleared
+        exactly what is found. A scanner that fails refuses too."""
+        try:
+            findings = self.scanner.scan_payload(body)
+        except Exception as exc:  # fail safe: nothing leaves the device unchecked
+            raise PrivacyRefused([], backend=self.name) from exc
+        cleared = request.privacy_cleared
+        uncleared = [f for f in findings if (f.kind, f.message, f.part) not in cleared]
+        if uncleared:
+            raise PrivacyRefused(uncleared, backend=self.name)
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling

@@ -47,6 +47,7 @@ from router.policy import (
     Side,
     parse_override,
 )
+from router.privacy import PrivacyGuarded, PrivacyRefused
 from router.protocol import (
     BackendError,
     Capabilities,
@@ -65,6 +66,7 @@ from router.protocol import (
     Usage,
 )
 from router.reasoning import ThinkingClock, parse_think_switch
+from router.redaction import Redaction, redact
 
 __all__ = ["BothFailed", "HybridBackend"]
 
@@ -114,6 +116,7 @@ class HybridBackend:
         if not isinstance(policy, RoutingPolicy):
             policy = RoutingPolicy(policy, scorer)
         self.policy = policy
+        self._share_scanner()
         breaker = self.policy.settings.breaker
         self.breakers: dict[Side, CircuitBreaker] = {
             "local": CircuitBreaker("this device's engine", breaker, clock=clock),
@@ -130,6 +133,12 @@ class HybridBackend:
     def configure(self, settings: RouterSettings) -> None:
         """New settings (mode, privacy terms, threshold...) from the next request on."""
         self.policy = RoutingPolicy(settings, self.policy.scorer)
+        self._share_scanner()
+
+    def _share_scanner(self) -> None:
+        # The cloud client's last check looks for the same terms and patterns as the router.
+        if isinstance(self.cloud, PrivacyGuarded):
+            self.cloud.scanner = self.policy.scanner
 
     # --- deciding -------------------------------------------------------------------------
 
@@ -194,9 +203,17 @@ class HybridBackend:
             attempt_started, attempt_answered = time.perf_counter(), False
             if on_device:
                 self._local_inflight += 1  # counted from the decision on: the overflow rule
+            redaction: Redaction | None = None
+            if side == "cloud" and decision.redact:
+                # Placeholders out; the real values go back in below, before anyone sees them.
+                redaction = redact(attempt, self.policy.scanner)
+                route = replace(route, reason=f"{route.reason}; {redaction.summary()}")
             try:
                 yield Routed(route)
-                async with aclosing(backend.stream(attempt)) as inner:
+                outgoing = backend.stream(attempt if redaction is None else redaction.request)
+                if redaction is not None:
+                    outgoing = _restoring(outgoing, redaction)
+                async with aclosing(outgoing) as inner:
                     async for event in inner:
                         if isinstance(event, ToolCall):
                             thinking.stop()
@@ -221,6 +238,12 @@ class HybridBackend:
                         elif isinstance(event, Final):
                             settled = True
                             breaker.record_success()
+                            if redaction is not None and redaction.mangled:
+                                route = replace(
+                                    route,
+                                    reason=f"{route.reason}; {redaction.mangled} placeholder(s) "
+                                    "the cloud changed are marked ⟦…⟧",
+                                )
                             thinking.stop()
                             route = replace(route, thinking_s=thinking.seconds)
                             yield self._final(event, route, started, first_token_at)
@@ -230,7 +253,10 @@ class HybridBackend:
                 )
             except BackendError as exc:
                 settled = True
-                breaker.record_failure(exc)
+                if isinstance(exc, PrivacyRefused):
+                    breaker.abandon()  # the cloud is fine; the request was not for it
+                else:
+                    breaker.record_failure(exc)
                 so_far, thought = "".join(text), "".join(reasoning)
                 if calls:
                     # The calls are whole and out: the answer is complete, only its end lost.
@@ -247,8 +273,11 @@ class HybridBackend:
                         second=exc,
                         partial_text=so_far,
                     ) from exc
-                # The device's partial answer (and its reasoning) would be sent along.
-                target = self._failover_target(side, decision, so_far + "\n" + thought)
+                # The device's partial answer (and its reasoning) would be sent along, joined
+                # to the text it continues: scan them as the one text the cloud would get.
+                target = self._failover_target(
+                    side, decision, sent.continue_from + so_far + "\n" + thought
+                )
                 if target is None:
                     raise
                 first_error = exc
@@ -294,7 +323,8 @@ class HybridBackend:
             return "local"  # the device is always allowed, and it is the last resort
         cloud_ok = (
             self.cloud is not None
-            and not self._private(so_far)  # the device's partial answer would be sent too
+            # the device's partial answer would be sent too (redacted, with privacy_action redact)
+            and (decision.redact or not self._private(so_far))
             and decision.cloud_allowed
             and self.settings.mode != "local-only"
             and self.breakers["cloud"].allows()
@@ -373,6 +403,53 @@ def _token_count(delta: TextDelta | ReasoningDelta) -> int:
     if delta.tokens is not None:
         return delta.tokens
     return max(1, len(delta.text.encode("utf-8")))
+
+
+async def _restoring(
+    stream: AsyncGenerator[StreamEvent, None], redaction: Redaction
+) -> AsyncGenerator[StreamEvent, None]:
+    """The cloud's answer to a redacted request with the real values put back: text and
+    reasoning alike; what a delta held back (a placeholder cut in two) comes out with the next
+    one, at the end, or before a failure is raised, so the text so far stays whole."""
+    text, thought = redaction.restorer(), redaction.restorer()
+    held: dict[type, int] = {}
+
+    def pending() -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        rest = thought.flush()
+        if rest:
+            out.append(ReasoningDelta(rest))
+        rest = text.flush()
+        if rest:
+            out.append(TextDelta(rest))
+        redaction.mangled = text.mangled + thought.mangled  # for the route, before the Final
+        return out
+
+    try:
+        async with aclosing(stream) as inner:
+            async for event in inner:
+                if isinstance(event, (TextDelta, ReasoningDelta)):
+                    restorer = text if isinstance(event, TextDelta) else thought
+                    shown = restorer.feed(event.text)
+                    if not shown:
+                        if event.tokens:
+                            held[type(event)] = held.get(type(event), 0) + event.tokens
+                        continue
+                    tokens = event.tokens
+                    if tokens is not None and type(event) in held:
+                        tokens += held.pop(type(event))
+                    yield replace(event, text=shown, tokens=tokens)
+                    continue
+                if isinstance(event, (Final, ToolCall)):
+                    for piece in pending():
+                        yield piece
+                yield event
+    except BackendError:
+        for piece in pending():
+            yield piece
+        raise
+    finally:
+        redaction.mangled = text.mangled + thought.mangled
 
 
 def _other(side: Side) -> Side:

@@ -5,7 +5,9 @@ named in the record, with a sentence a person can read.
    - a local-only conversation (`ChatRequest.local_only`) → device, whatever else is asked
    - mode `local-only` → device
    - a per-message override (`/local`) or the conversation's pin to the device → device
-   - privacy: anything the scanner flags (or a scanner failure) → device
+   - privacy: anything the scanner flags (or a scanner failure) → device; with
+     privacy_action "redact" the rules below decide, and the cloud gets placeholders instead
+     of the findings (router.redaction)
    - no cloud configured / no key, the cloud's circuit open, the cloud busy after a 429 → device
    - the device's circuit open → cloud
    - a per-message `/cloud`, a pin to the cloud, mode `cloud-preferred` → cloud
@@ -37,6 +39,7 @@ from router.protocol import Capabilities, Message, Pin, Route
 
 __all__ = [
     "MODES",
+    "PRIVACY_ACTIONS",
     "Decision",
     "RouterSettings",
     "RoutingInput",
@@ -48,6 +51,7 @@ __all__ = [
 
 Side = Pin
 MODES = ("auto", "local-only", "cloud-preferred")
+PRIVACY_ACTIONS = ("keep-local", "redact")
 DEVICE = "on this device"
 CLOUD = "cloud"
 
@@ -64,6 +68,11 @@ class RouterSettings:
     """Words or names that must never leave the device (case-insensitive, whole words)."""
     privacy_patterns: tuple[str, ...] = ()
     """Regular expressions that must never leave the device."""
+    privacy_action: str = "keep-local"
+    """What a request with private data does when another rule would send it to the cloud:
+    keep-local (answer on the device) or redact (send it with placeholders, router.redaction)."""
+    privacy_regions: tuple[str, ...] = ()
+    """Regions whose national phone formats the scanner reads; empty: the locale's."""
     max_local_inflight: int = 4
     """Answers in progress on the device at which new requests overflow to the cloud."""
     max_local_queue: int = 1
@@ -84,6 +93,11 @@ class RouterSettings:
             raise ValueError("max_local_inflight must be at least 1, max_local_queue at least 0")
         if self.chars_per_token <= 0:
             raise ValueError("chars_per_token must be positive")
+        if self.privacy_action not in PRIVACY_ACTIONS:
+            raise ValueError(
+                f"privacy_action must be one of {', '.join(PRIVACY_ACTIONS)}, "
+                f"not {self.privacy_action!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +143,9 @@ class Decision:
     """Whether the answer may move to the cloud if the device fails (False when privacy,
     the mode, a pin or an override keeps it on the device)."""
     findings: tuple[Finding, ...] = ()
+    redact: bool = False
+    """Send to the cloud only with the findings replaced by placeholders (privacy_action
+    "redact"); a device answer that fails over is redacted too."""
 
     def route(self, backend: str, failover: str | None = None) -> Route:
         return Route(backend, self.rule, self.reason, dict(self.scores), failover)
@@ -184,12 +201,17 @@ class RoutingPolicy:
         self.settings = settings or RouterSettings()
         self.scorer: ComplexityScorer = scorer or FeatureScorer()
         # Raises PrivacyConfigError for a bad user pattern: better at start-up than per request.
-        self.scanner = PrivacyScanner(self.settings.privacy_terms, self.settings.privacy_patterns)
+        self.scanner = PrivacyScanner(
+            self.settings.privacy_terms,
+            self.settings.privacy_patterns,
+            self.settings.privacy_regions or None,
+        )
 
     def decide(self, inp: RoutingInput) -> Decision:
         """The first rule that decides, with its reason and the scores it looked at."""
         s = self.settings
         scores: dict[str, float] = {}
+        redacting: tuple[Finding, ...] = ()  # findings that go out as placeholders
 
         def local(
             rule: str,
@@ -198,10 +220,12 @@ class RoutingPolicy:
             cloud_allowed: bool = True,
             findings: tuple[Finding, ...] = (),
         ) -> Decision:
+            if redacting and cloud_allowed:
+                return Decision("local", rule, reason, scores, True, redacting, redact=True)
             return Decision("local", rule, reason, scores, cloud_allowed, findings)
 
         def cloud(rule: str, reason: str) -> Decision:
-            return Decision("cloud", rule, reason, scores, True)
+            return Decision("cloud", rule, reason, scores, True, redacting, redact=bool(redacting))
 
         # 1. hard rules that keep the request on the device
         if inp.local_only:
@@ -222,10 +246,11 @@ class RoutingPolicy:
             return local(
                 "privacy", "privacy check failed → kept on this device", cloud_allowed=False
             )
-        if findings:
+        if findings and s.privacy_action != "redact":
             return local(
                 "privacy", _privacy_reason(findings), cloud_allowed=False, findings=findings
             )
+        redacting = findings  # redact: the other rules decide, the cloud gets placeholders
         if inp.cloud_missing:
             return local("cloud-unavailable", f"{inp.cloud_missing} → {DEVICE}")
         if inp.cloud_blocked:

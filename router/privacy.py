@@ -27,25 +27,30 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from router.privacy_numbers import find_numbers
 from router.privacy_prose import find_prose
 from router.privacy_region import DEFAULT_REGIONS, check_regions
 from router.privacy_secrets import find_secrets
 from router.privacy_text import Hit, normalize
-from router.protocol import ChatRequest, Message, TandemError
+from router.protocol import BackendError, ChatRequest, Message, TandemError
 
 __all__ = [
     "KINDS",
     "KIND_LABELS",
     "Finding",
     "PrivacyConfigError",
+    "PrivacyGuarded",
+    "PrivacyRefused",
     "PrivacyScanner",
     "Span",
+    "clearance",
     "iban_valid",
     "luhn_valid",
+    "message_text",
 ]
 
 KIND_LABELS: dict[str, str] = {
@@ -69,6 +74,18 @@ KINDS = tuple(KIND_LABELS)
 
 class PrivacyConfigError(TandemError, ValueError):
     """A user privacy pattern is not a valid regular expression, or a region is unknown."""
+
+
+class PrivacyRefused(BackendError):
+    """The cloud client's last check found private data the router did not clear in the
+    exact request it was about to send; nothing was sent. The router answers on the device."""
+
+    def __init__(self, findings: Sequence[Finding], *, backend: str = "") -> None:
+        shown = ", ".join(f.describe() for f in findings[:3])
+        more = f" and {len(findings) - 3} more" if len(findings) > 3 else ""
+        what = f"{shown}{more} must stay on this device" if findings else "the privacy check failed"
+        super().__init__(f"not sent to the cloud: {what}", backend=backend)
+        self.findings = tuple(findings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +119,23 @@ class Span:
     start: int
     end: int
     detail: str = field(default="", compare=False)
+
+
+def clearance(findings: Iterable[Finding]) -> frozenset[tuple[str, int, str]]:
+    """What `ChatRequest.privacy_cleared` holds for these findings."""
+    return frozenset((f.kind, f.message, f.part) for f in findings)
+
+
+def message_text(m: Message) -> str:
+    """Every text of a message that goes over the wire: its content, and (where the contract
+    has them) its reasoning and its tool calls' names and arguments."""
+    parts = [m.content]
+    reasoning = getattr(m, "reasoning", "")
+    if reasoning:
+        parts.append(reasoning)
+    for call in getattr(m, "tool_calls", ()):
+        parts += [call.name, call.arguments]
+    return "\n".join(parts) if len(parts) > 1 else m.content
 
 
 # --- checksums (kept for callers; the libraries do the work) ----------------------------------
@@ -259,16 +293,40 @@ class PrivacyScanner:
 
     def scan(self, messages: Sequence[Message], continue_from: str = "") -> list[Finding]:
         """Findings in every message that would be sent (and in the text being continued)."""
-        texts = [m.content for m in messages]
+        texts = [message_text(m) for m in messages]
         if continue_from:
             texts.append(continue_from)
         return self.scan_texts(texts)
+
+    def scan_payload(self, body: Mapping[str, Any]) -> list[Finding]:
+        """Findings in a chat-completions body exactly as it goes over the wire: every string
+        in each message (content, reasoning, tool calls), then the stop strings, the model
+        (adapter) name and every other field. Message numbers match `scan_request`'s: the
+        continued text is the body's last message."""
+        messages = body.get("messages") or []
+        findings = self.scan_texts(["\n".join(_strings(m)) for m in messages])
+        n = len(messages)
+        parts = [("stop strings", body.get("stop")), ("adapter name", body.get("model"))]
+        rest = {k: v for k, v in body.items() if k not in ("messages", "stop", "model")}
+        parts.append(("request fields", rest))
+        for part, value in parts:
+            for f in self.scan_texts(["\n".join(_strings(value))]):
+                finding = Finding(f.kind, n + 1, part)
+                if finding not in findings:
+                    findings.append(finding)
+        return findings
 
     def scan_request(self, request: ChatRequest) -> list[Finding]:
         """Findings in everything of `request` that goes over the wire: every message, the text
         being continued, the stop strings and the adapter name (the cloud client's check)."""
         findings = self.scan(request.messages, request.continue_from)
-        n = len(request.messages) + (1 if request.continue_from else 0)
+        reasoning = getattr(request, "continue_reasoning", "")
+        if reasoning:  # the continued turn's reasoning travels in the same (last) message
+            n_last = len(request.messages) + 1
+            for f in self.scan_texts([reasoning]):
+                if Finding(f.kind, n_last) not in findings:
+                    findings.append(Finding(f.kind, n_last))
+        n = len(request.messages) + (1 if request.continue_from or reasoning else 0)
         extra = [("stop strings", s) for s in request.sampling.stop]
         if request.adapter:
             extra.append(("adapter name", request.adapter))
@@ -278,6 +336,29 @@ class PrivacyScanner:
                 if finding not in findings:
                     findings.append(finding)
         return findings
+
+
+def _strings(value: object) -> list[str]:
+    """Every string inside a JSON value (keys of objects too: a tool's parameter names)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        out: list[str] = []
+        for k, v in value.items():
+            out.append(str(k))
+            out += _strings(v)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+@runtime_checkable
+class PrivacyGuarded(Protocol):
+    """A backend that checks what it sends (the cloud client): the hybrid backend hands it the
+    router's scanner, so both look for the same terms and patterns."""
+
+    scanner: PrivacyScanner
 
 
 def _resolve(hits: list[Hit]) -> list[Hit]:

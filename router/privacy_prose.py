@@ -48,17 +48,20 @@ def _emails(t: ScanText) -> Iterator[Hit]:
     text = t.text
     i = text.find("@")
     while i >= 0:
-        m = _EMAIL.search(text, max(0, i - 64), i + 256)
-        if m is not None and m.start() <= i < m.end():
-            # user:password@host in a URL is not an address (credential_url covers it)
-            in_url = m.start() > 0 and (
-                text[m.start() - 1] == ":" or text.endswith("://", 0, m.start())
-            )
-            if not in_url and not _reserved(m.group().rsplit("@", 1)[1]):
-                yield Hit("email", m.start(), m.end(), "")
-            i = text.find("@", m.end())
-        else:
+        m = next(
+            (m for m in _EMAIL.finditer(text, max(0, i - 64), i + 256) if m.start() <= i < m.end()),
+            None,
+        )
+        if m is None:
             i = text.find("@", i + 1)
+            continue
+        # user:password@host in a URL is not an address (credential_url covers it)
+        in_url = m.start() > 0 and (
+            text[m.start() - 1] == ":" or text.endswith("://", 0, m.start())
+        )
+        if not in_url and not _reserved(m.group().rsplit("@", 1)[1]):
+            yield Hit("email", m.start(), m.end(), "")
+        i = text.find("@", m.end())
     if "dot" in t.words and "at" in t.words:
         for m in _OBFUSCATED.finditer(text):
             domain = re.sub(

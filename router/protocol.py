@@ -199,6 +199,9 @@ class ChatRequest:
     continue_reasoning: str = ""
     """With `continue_from`: the reasoning (finished) that came before the partial answer, so
     the template can put it back where the model wrote it."""
+    privacy_cleared: frozenset[tuple[str, int, str]] = frozenset()
+    """Privacy findings (kind, message, part) the router saw and let go to the cloud
+    (router.privacy.clearance); the cloud client refuses to send any other finding."""
 
     def __post_init__(self) -> None:
         check_tool_choice(self.tool_choice, self.tools)
