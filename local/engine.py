@@ -169,6 +169,7 @@ class LocalEngine:
             and self._error is None
             and self._worker is not None
             and self._worker.is_alive()
+            and not self._worker.dead
         )
 
     async def aclose(self) -> None:
@@ -228,7 +229,7 @@ class LocalEngine:
         await self._ensure_started()
         worker = self._worker
         main = worker.main if worker is not None else None
-        if worker is None or main is None or not worker.is_alive():
+        if worker is None or main is None or not worker.is_alive() or worker.dead:
             raise Unavailable("the local engine is not running; restart tandem", backend="local")
         events: asyncio.Queue[TextDelta | Final | BackendError] = asyncio.Queue()
         post = functools.partial(worker.post, asyncio.get_running_loop(), events)

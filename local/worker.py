@@ -230,6 +230,8 @@ class Worker(threading.Thread):
             for seq in lane.scheduler.all():  # if failing the lane itself failed
                 with contextlib.suppress(Exception):
                     seq.fail(error)
+            with contextlib.suppress(Exception):  # MLX state dies on the thread that made it
+                lane.runner.fail_all(error, [])
         for seq in [*pending, *(s for parked in self._parked.values() for s in parked)]:
             with contextlib.suppress(Exception):
                 seq.fail(error)

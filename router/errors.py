@@ -15,12 +15,14 @@ The tree (where each class is defined)::
     │   ├── Unauthorized                 the key was refused
     │   ├── Overloaded                   busy; try again after `.retry_after` seconds
     │   ├── ContextTooLong               prompt + max_tokens exceed the context window
+    │   ├── PrivacyRefused               router.privacy: the cloud client refused to send it
     │   └── ModelError                   the model failed (out of memory, bad weights, adapter)
     │       ├── ModelTooLarge            local.models: would not fit this machine's memory
     │       └── HubUnreachable           local.models: the Hugging Face hub cannot be reached
     ├── InvalidRequest (ValueError)      router.errors: a request the contract refuses
     ├── ProtocolViolation (AssertionError)  router.errors: a backend broke the stream contract
     ├── PrivacyConfigError (ValueError)  router.privacy: a privacy pattern that does not compile
+    ├── CaseError (ValueError)           router.privacy_eval: a labelled case that cannot be read
     ├── CalibrationError (ValueError)    router.calibrate: labelled data that cannot calibrate
     ├── BadRequest (ValueError)          router.serve: a body `tandem serve` cannot answer
     ├── FieldError (ValueError)          router.serve_checks: one field of a request body

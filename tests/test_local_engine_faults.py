@@ -72,6 +72,7 @@ async def test_a_worker_that_fails_while_failing_a_lane_ends_every_open_stream(
             raise RuntimeError("injected fault")
 
         lane.fail = boom  # type: ignore[method-assign]
+        lane.fail_all = boom  # type: ignore[attr-defined]  # (its name before the scheduler)
         lane.step = boom  # type: ignore[method-assign]
         errors = await asyncio.wait_for(
             asyncio.gather(_drain(running), waiting_task), timeout=60
@@ -315,3 +316,18 @@ async def test_the_time_to_first_token_includes_templating_and_tokenization(
         assert final.usage.ttft_s >= spent[0]
     finally:
         await eng.aclose()
+
+
+async def test_a_prompt_prefilled_in_chunks_answers_as_one_prefilled_whole(
+    test_models: ModelSet,
+) -> None:
+    request = ask(" ".join(["the river runs past the mill"] * 60), max_tokens=16)
+    answers = []
+    for chunk in (32, 100_000):
+        eng = LocalEngine(test_models.target, prefill_chunk_tokens=chunk)
+        await eng.start()
+        try:
+            answers.append((await collect(eng.stream(request)))[0])
+        finally:
+            await eng.aclose()
+    assert answers[0] == answers[1]
