@@ -32,6 +32,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("adapters", "tui.commands.adapters", "list, export and push adapters", "desktop"),
     Command("serve", "tui.commands.serve", "OpenAI-compatible endpoint on 127.0.0.1", "desktop"),
     Command("router", "tui.commands.router", "calibrate and explain routing decisions", "desktop"),
+    Command("privacy", "tui.commands.privacy", "check the privacy scanner on your data", "desktop"),
     Command("models", "tui.commands.models", "pull, list, pick and quantize models", "desktop"),
 )
 
@@ -49,6 +50,8 @@ OPTIONAL_PACKAGES = frozenset(
         "starlette",
         "uvicorn",
         "multipart",
+        "phonenumbers",
+        "stdnum",
     }
 )
 

@@ -110,6 +110,8 @@ def router_settings(config: Config) -> Any:
         complexity_threshold=config.complexity_threshold,
         privacy_terms=tuple(config.privacy_terms),
         privacy_patterns=tuple(config.privacy_patterns),
+        privacy_regions=tuple(config.privacy_region),
+        privacy_action=config.privacy_action,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 MODES = ("auto", "local-only", "cloud-preferred")
+PRIVACY_ACTIONS = ("keep-local", "redact")
+_REGION = re.compile(r"^[A-Za-z]{2}$")
 
 
 class ConfigError(TandemError):
@@ -58,12 +61,29 @@ class Config:
     """Words or names that must never leave this device (matched case-insensitively)."""
     privacy_patterns: list[str] = field(default_factory=list)
     """Regular expressions that must never leave this device."""
+    privacy_region: list[str] = field(default_factory=list)
+    """Regions (ISO 3166 codes, several allowed) whose national phone formats the privacy
+    scanner reads, e.g. ["GB", "DE"]. Empty: the locale's region (US when it names none)."""
+    privacy_action: str = "keep-local"
+    """When a conversation with private data would go to the cloud: keep-local (answer on
+    this device) or redact (send it with placeholders; the real values are put back here)."""
     max_tokens: int = 512
     """The longest answer the chat asks for, in tokens."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.privacy_action not in PRIVACY_ACTIONS:
+            raise ConfigError(
+                f"privacy_action must be one of {', '.join(PRIVACY_ACTIONS)}, "
+                f"not {self.privacy_action!r}"
+            )
+        bad = [r for r in self.privacy_region if not _REGION.match(r.strip())]
+        if bad:
+            raise ConfigError(
+                f"privacy_region {bad[0]!r} is not a region code; use ISO 3166 codes such as "
+                "US, GB, DE (several separated by commas)"
+            )
         if not 0.0 <= self.complexity_threshold <= 1.0:
             raise ConfigError("complexity_threshold must be between 0 and 1")
         if self.context_window < 0:

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="show where a message would run and why",
         description=(
             "Show the router's decision for a message under your config: the side, the rule "
-            "that decided, the reason and the scores. Runs no model and connects nowhere; "
+            "that decided, the reason and the scores, and each privacy finding's kind and "
+            "message (with privacy_action redact: what the cloud would get as placeholders). "
+            "Runs no model and connects nowhere; "
             "load-dependent rules (context window, overflow, circuit breakers) are not "
             "evaluated here."
         ),
@@ -94,6 +96,8 @@ def _explain(args: argparse.Namespace) -> int:
             complexity_threshold=config.complexity_threshold,
             privacy_terms=tuple(config.privacy_terms),
             privacy_patterns=tuple(config.privacy_patterns),
+            privacy_regions=tuple(config.privacy_region),
+            privacy_action=config.privacy_action,
         )
         policy = RoutingPolicy(settings)
     except (ConfigError, ValueError) as exc:
@@ -109,6 +113,10 @@ def _explain(args: argparse.Namespace) -> int:
             cloud_missing=None if config.cloud_url else "no cloud configured",
         )
     )
+    from router.protocol import ChatRequest
+    from router.redaction import redact
+
+    redaction = redact(ChatRequest((Message("user", text),)), policy.scanner)
     scores = dict(decision.scores)
     if "complexity" not in scores:  # an earlier rule decided: show the score all the same
         scores["complexity"] = round(policy.scorer.score((Message("user", text),)), 4)
@@ -119,13 +127,23 @@ def _explain(args: argparse.Namespace) -> int:
             "rule": decision.rule,
             "reason": decision.reason,
             "scores": scores,
-            "findings": [{"kind": f.kind, "message": f.message} for f in decision.findings],
+            "findings": [
+                {"kind": f.kind, "label": f.label, "message": f.message}
+                for f in decision.findings
+            ],
+            "redact": decision.redact,
         }
+        if decision.redact:
+            data["redacted"] = redaction.summary()
         print(json.dumps(data, ensure_ascii=False))
         return 0
     where = "this device" if decision.side == "local" else "the cloud"
     print(f"{where}  [{decision.rule}]  {decision.reason}")
     print("  " + "  ".join(f"{k}={v:g}" for k, v in scores.items()))
+    for f in decision.findings:
+        print(f"  private: {f.kind} ({f.label}) in message {f.message}")
+    if decision.redact:
+        print(f"  in the cloud: {redaction.summary()} (placeholders; values restored here)")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Settings (F3): cloud URL and CA file, API key (OS keyring only), default model, mode,
-privacy terms."""
+privacy terms, the privacy region(s) and what a private conversation does when it would go to
+the cloud (keep it on this device, or redact it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from tui.config import MODES, Config, ConfigError, update_config
+from tui.config import MODES, PRIVACY_ACTIONS, Config, ConfigError, update_config
 from tui.secrets import NoKeyring, keyring_status, save_api_key
 
 __all__ = ["SettingsScreen"]
@@ -46,6 +47,16 @@ class SettingsScreen(ModalScreen[Config | None]):
             yield Select([(m, m) for m in MODES], value=c.mode, allow_blank=False, id="mode")
             yield Label("Privacy terms: never sent to the cloud (comma-separated)")
             yield Input(", ".join(c.privacy_terms), id="privacy-terms")
+            yield Label("Privacy region(s): phone numbers without a country code read as there")
+            yield Input(
+                ", ".join(c.privacy_region), placeholder="e.g. GB, DE (empty: from the locale)",
+                id="privacy-region",
+            )  # fmt: skip
+            yield Label("Private data, when the cloud would answer: keep-local or redact")
+            yield Select(
+                [(a, a) for a in PRIVACY_ACTIONS], value=c.privacy_action, allow_blank=False,
+                id="privacy-action",
+            )  # fmt: skip
             yield Static("", id="settings-error", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Save", id="save", variant="primary")
@@ -68,6 +79,12 @@ class SettingsScreen(ModalScreen[Config | None]):
                 for t in self.query_one("#privacy-terms", Input).value.split(",")
                 if t.strip()
             ],
+            "privacy_region": [
+                r.strip().upper()
+                for r in self.query_one("#privacy-region", Input).value.split(",")
+                if r.strip()
+            ],
+            "privacy_action": str(self.query_one("#privacy-action", Select).value),
         }
         # Only what the user changed here is saved: the dialog opens on this session's values,
         # which may come from `--mode`, `--max-tokens` or TANDEM_* and are not theirs to keep.
