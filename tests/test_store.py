@@ -34,6 +34,7 @@ EXPECTED_SCHEMA = {
         "writer",
     ],
     "migrations": ["name", "applied_at"],
+    "answer_parts": ["message_id", "reasoning", "thinking_s", "reasoning_tokens", "tool_calls"],
     "routes": [
         "message_id",
         "backend",

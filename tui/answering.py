@@ -9,33 +9,45 @@ from router.protocol import (
     BackendError,
     ChatRequest,
     ContextTooLong,
+    Final,
     Message,
     ModelError,
     Overloaded,
     Sampling,
+    ToolCall,
     Unauthorized,
     Unavailable,
 )
 from tui.store import Conversation, Store, StoredMessage
+from tui.store_parts import AnswerParts
 
-__all__ = ["PartialSaver", "build_request", "describe_error"]
+__all__ = ["PartialSaver", "PartsCollector", "build_request", "describe_error"]
 
 SAVE_EVERY_S = 0.5
 """Partial answers are written at least this often while text arrives (the issue asks ≤ 1 s)."""
 
 
 def build_request(
-    conv: Conversation, history: list[StoredMessage], *, max_tokens: int
+    conv: Conversation,
+    history: list[StoredMessage],
+    *,
+    max_tokens: int,
+    parts: dict[int, AnswerParts] | None = None,
 ) -> ChatRequest:
     """The request for the next answer: the system prompt, then every user message and every
-    answer that has text (failed and empty answers are left out)."""
+    answer that has text (failed and empty answers are left out), each answer with its
+    reasoning (`parts`; the model's template decides whether that is sent again)."""
     messages: list[Message] = []
+    parts = parts or {}
     if conv.system_prompt:
         messages.append(Message("system", conv.system_prompt))
     for msg in history:
         answer = msg.role == "assistant" and msg.content and msg.status != "error"
-        if msg.role == "user" or answer:
-            messages.append(Message(msg.role, msg.content))  # type: ignore[arg-type]
+        if msg.role == "user":
+            messages.append(Message("user", msg.content))
+        elif answer:
+            reasoning = parts[msg.id].reasoning if msg.id in parts else ""
+            messages.append(Message("assistant", msg.content, reasoning=reasoning))
     return ChatRequest(
         messages=tuple(messages),
         sampling=Sampling(max_tokens=max_tokens),
@@ -92,3 +104,36 @@ class PartialSaver:
             self._store.save_partial(self._id, self.text)
             self._dirty = False
         self._saved_at = time.monotonic()
+
+
+class PartsCollector:
+    """An answer's reasoning and tool calls as they stream, for the store (tui/store_parts)."""
+
+    def __init__(self) -> None:
+        self.reasoning: list[str] = []
+        self.calls: list[ToolCall] = []
+
+    def add_reasoning(self, text: str) -> None:
+        self.reasoning.append(text)
+
+    def restart(self) -> None:
+        """The answer started over on the other side (it failed while thinking)."""
+        self.reasoning, self.calls = [], []
+
+    def add_call(self, call: ToolCall) -> None:
+        self.calls.append(call)
+
+    def parts(self, final: Final | None) -> AnswerParts:
+        usage = final.usage if final is not None else None
+        route = final.route if final is not None else None
+        thinking_s = route.thinking_s if route and route.thinking_s is not None else (
+            usage.thinking_s if usage else None
+        )
+        return AnswerParts(
+            reasoning="".join(self.reasoning),
+            thinking_s=thinking_s if self.reasoning else None,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            tool_calls=tuple(
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.calls
+            ),
+        )

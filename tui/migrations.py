@@ -72,8 +72,27 @@ def m002_answer_writers(db: sqlite3.Connection) -> None:
     _run(db, "ALTER TABLE messages ADD COLUMN writer TEXT NOT NULL DEFAULT ''")
 
 
+def m003_answer_parts(db: sqlite3.Connection) -> None:
+    # A thinking model's reasoning and the tool calls of an answer, kept apart from its text
+    # (which is what goes back to the model and into exports): one row per answer that has
+    # either. tool_calls is a JSON list of {"id", "name", "arguments"}.
+    _run(
+        db,
+        """
+        CREATE TABLE answer_parts (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            reasoning TEXT NOT NULL DEFAULT '',
+            thinking_s REAL,
+            reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+            tool_calls TEXT NOT NULL DEFAULT '[]'
+        )
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial,
     m002_answer_writers,
+    m003_answer_parts,
 )
 """Applied in order; each one's function name is recorded in the `migrations` table."""

@@ -20,6 +20,7 @@ from typing import Literal
 
 from router.protocol import Final
 from tui.migrations import MIGRATIONS
+from tui.store_parts import PartsStore
 from tui.writers import WriterLease, writer_alive
 
 __all__ = [
@@ -132,7 +133,7 @@ _MESSAGES_WITH_ROUTES = (
 """Messages with their answer's route record (NULLs for a question or an unfinished answer)."""
 
 
-class Store:
+class Store(PartsStore):
     """The conversation store. One per process; every method commits before it returns."""
 
     def __init__(

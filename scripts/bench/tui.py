@@ -8,6 +8,9 @@
   (the text written into the answer's widgets and the compositor rendered). Target < 50 ms.
   Pooled over `--runs` answers: one answer's p95 moved between 26 and 44 ms from run to run
   on an idle machine here.
+- thinking_render_lag_ms_p95: the same for a thinking answer: `--thinking` reasoning tokens
+  first (into the collapsed thinking block: a token counts as shown at the first render after
+  the block took it), then the answer; pooled over both. Target < 50 ms.
 
 Usage: python scripts/bench/tui.py [--starts N] [--tokens N] [--runs N]. The last line
 printed is one JSON object.
@@ -40,6 +43,7 @@ from router.protocol import (  # noqa: E402
     ChatRequest,
     Final,
     Health,
+    ReasoningDelta,
     StreamEvent,
     TextDelta,
     Usage,
@@ -109,15 +113,26 @@ class SyntheticStream:
     name = "local"
     ready = True
 
-    def __init__(self, tokens: int, rate: float) -> None:
+    def __init__(self, tokens: int, rate: float, thinking: int = 0) -> None:
         self.rate = rate
         self.pieces = _markdown_tokens(tokens)
+        self.thoughts = [w.replace("\n", " ") for w in _markdown_tokens(thinking)]
         self.arrivals: list[tuple[int, float]] = []
         """(end offset in the answer, arrival time) per token."""
+        self.thought_arrivals: list[tuple[int, float]] = []
+        """(end offset in the reasoning, arrival time) per reasoning token."""
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         start = time.perf_counter()
         offset = 0
+        for i, piece in enumerate(self.thoughts):
+            delay = start + i / self.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            offset += len(piece)
+            self.thought_arrivals.append((offset, time.perf_counter()))
+            yield ReasoningDelta(piece)
+        start, offset = time.perf_counter(), 0
         for i, piece in enumerate(self.pieces):
             delay = start + i / self.rate - time.perf_counter()
             if delay > 0:
@@ -153,17 +168,26 @@ def _markdown_tokens(n: int) -> list[str]:
     return words[:n]
 
 
-async def render_lag(tokens: int, rate: float) -> list[float]:
-    """Per-token delay (ms) from arrival to the first render that shows it."""
+async def render_lag(tokens: int, rate: float, thinking: int = 0) -> list[float]:
+    """Per-token delay (ms) from arrival to the first render that shows it (reasoning tokens
+    first when `thinking`: shown once the collapsed block has them)."""
     from router.hybrid import HybridBackend
     from tui.app import TandemApp
     from tui.compose import Composition
     from tui.config import Config
     from tui.store import Store
     from tui.widgets.streamed import StreamedMarkdown
+    from tui.widgets.thinking import ThinkingBlock
 
-    shown = {"chars": 0}
+    shown = {"chars": 0, "thought": 0}
     original_write = StreamedMarkdown.write
+    original_add = ThinkingBlock.add
+
+    def add(self: ThinkingBlock, text: str) -> None:
+        original_add(self, text)
+        shown["thought"] = len(self.text)
+
+    ThinkingBlock.add = add  # type: ignore[method-assign]
 
     async def write(self: StreamedMarkdown, text: str) -> None:
         # Once written, the text is in the answer's widgets: the next frame draws it.
@@ -171,7 +195,7 @@ async def render_lag(tokens: int, rate: float) -> list[float]:
         shown["chars"] = len(self.source)
 
     StreamedMarkdown.write = write  # type: ignore[method-assign]
-    backend = SyntheticStream(tokens, rate)
+    backend = SyntheticStream(tokens, rate, thinking)
     lags: list[float] = []
     with tempfile.TemporaryDirectory() as home:
         os.environ["TANDEM_HOME"] = home
@@ -182,15 +206,21 @@ async def render_lag(tokens: int, rate: float) -> list[float]:
                 backend=HybridBackend(backend, None), local=backend, model_label="synthetic"
             ),
         )
-        next_token = 0
+        next_token = next_thought = 0
         original_display = app._display
 
         def display(screen: Any, renderable: Any) -> None:
-            nonlocal next_token
+            nonlocal next_token, next_thought
             original_display(screen, renderable)
             if renderable is None:
                 return
             now = time.perf_counter()
+            while next_thought < len(backend.thought_arrivals):
+                end, arrived = backend.thought_arrivals[next_thought]
+                if end > shown["thought"]:
+                    break
+                lags.append((now - arrived) * 1000)
+                next_thought += 1
             while next_token < len(backend.arrivals):
                 end, arrived = backend.arrivals[next_token]
                 if end > shown["chars"]:
@@ -206,6 +236,7 @@ async def render_lag(tokens: int, rate: float) -> list[float]:
                 await asyncio.sleep(0.05)
             await pilot.pause(0.2)
     StreamedMarkdown.write = original_write  # type: ignore[method-assign]
+    ThinkingBlock.add = original_add  # type: ignore[method-assign]
     return lags
 
 
@@ -215,6 +246,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1000, help="tokens in the synthetic answer")
     parser.add_argument("--rate", type=float, default=200.0, help="tokens per second")
     parser.add_argument("--runs", type=int, default=3, help="answers streamed, lags pooled")
+    parser.add_argument("--thinking", type=int, default=300,
+                        help="reasoning tokens before the thinking answer (0: no such run)")
     args = parser.parse_args()
     from scripts.testmodels import build
 
@@ -223,12 +256,20 @@ def main() -> int:
     for _ in range(args.runs):
         lags += asyncio.run(render_lag(args.tokens, args.rate))
     lags.sort()
+    thought: list[float] = []
+    for _ in range(args.runs if args.thinking else 0):
+        thought += asyncio.run(render_lag(args.tokens, args.rate, args.thinking))
+    thought.sort()
     result = {
         "first_paint_ms": round(statistics.median(paints), 1) if paints else None,
         "first_paint_ms_all": [round(p, 1) for p in paints],
         "render_lag_ms_p95": round(lags[int(0.95 * (len(lags) - 1))], 1) if lags else None,
         "render_lag_ms_p50": round(statistics.median(lags), 1) if lags else None,
         "render_lag_ms_max": round(max(lags), 1) if lags else None,
+        "thinking_render_lag_ms_p95": (
+            round(thought[int(0.95 * (len(thought) - 1))], 1) if thought else None
+        ),
+        "thinking_tokens_per_answer": args.thinking,
         "tokens_streamed": args.tokens * args.runs,
         "tokens_seen_on_screen": len(lags),
         "stream_tokens_per_s": args.rate,

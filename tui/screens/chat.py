@@ -23,8 +23,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker
 
-from router.protocol import Final, Routed, TextDelta
-from tui.answering import PartialSaver, build_request, describe_error
+from router.protocol import Final, ReasoningDelta, Routed, TextDelta, ToolCall
+from tui.answering import PartialSaver, PartsCollector, build_request, describe_error
 from tui.collector import defer_full_collections
 from tui.export import export_conversation
 from tui.paths import paths
@@ -124,7 +124,8 @@ class ChatScreen(Screen[None]):
         await self.cancel_answer()
         self._stop_editing()
         self.conversation = conv
-        await self.query_one(Transcript).show(self.store.messages(conv.id))
+        await self.query_one(Transcript).show(self.store.messages(conv.id),
+                                              self.store.parts_of(conv.id))
         self.refresh_sidebar()
         self._show_pin()
 
@@ -176,7 +177,7 @@ class ChatScreen(Screen[None]):
         editing, self._editing = self._editing, None
         if editing is not None and editing.conversation_id == conv.id:
             store.delete_messages_from(conv.id, editing.id)
-            await self.query_one(Transcript).show(store.messages(conv.id))
+            await self.query_one(Transcript).show(store.messages(conv.id), store.parts_of(conv.id))
         if conv.title == DEFAULT_TITLE:
             store.update_conversation(conv.id, title=" ".join(text.split())[:48])
             self._reload_conversation()
@@ -199,6 +200,7 @@ class ChatScreen(Screen[None]):
         stored = store.add_message(conv.id, "assistant", "", "streaming")
         view = await self.query_one(Transcript).add(stored)
         saver = PartialSaver(store, stored.id)
+        collected = PartsCollector()  # reasoning and tool calls, stored apart from the text
         final: Final | None = None
         status: MessageStatus = "complete"
         error = ""
@@ -210,16 +212,26 @@ class ChatScreen(Screen[None]):
                 # With a cloud the router may answer there at once; otherwise wait here.
                 if not session.may_use_cloud(conv):
                     await session.ready.wait()
-            request = build_request(conv, history, max_tokens=session.config.max_tokens)
+            request = build_request(conv, history, max_tokens=session.config.max_tokens,
+                                    parts=store.parts_of(conv.id))
             stream = session.stream(conv, request, side)
             async with contextlib.aclosing(stream) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
                         saver.add(event.text)
                         await view.append(event.text)
+                    elif isinstance(event, ReasoningDelta):
+                        collected.add_reasoning(event.text)
+                        await view.append_reasoning(event.text)
+                    elif isinstance(event, ToolCall):
+                        collected.add_call(event)
+                        await view.add_tool_call(event.id, event.name, event.arguments)
                     elif isinstance(event, Routed):
                         # Before the first token: where it goes and why; mid-stream: a failover.
                         route = event.route
+                        if route.restarted:
+                            collected.restart()
+                            view.restart_reasoning()
                         if route.failover:
                             view.set_waiting(f"↪ {route.failover}")
                             continue
@@ -240,9 +252,11 @@ class ChatScreen(Screen[None]):
             self.post_message(self.AnswerFailed(exc))
         try:
             store.finish_message(stored.id, saver.text, status, final=final, error=error)
+            parts = collected.parts(final)
+            store.save_parts(stored.id, parts)
             finished = store.message(stored.id)
             if finished is not None:
-                await view.finish(finished)
+                await view.finish(finished, parts.thinking_s)
             self.query_one(Transcript).scroll_end(animate=False)
         finally:
             # Once the last words are on screen, the collector may take its pause.
@@ -283,7 +297,8 @@ class ChatScreen(Screen[None]):
             return
         store = self.store
         store.delete_messages_from(self.conversation.id, last_user + 1)
-        await self.query_one(Transcript).show(store.messages(self.conversation.id))
+        conv_id = self.conversation.id
+        await self.query_one(Transcript).show(store.messages(conv_id), store.parts_of(conv_id))
         self.start_answer(side)
 
     async def action_regenerate(self) -> None:

@@ -10,7 +10,10 @@ from textual.message import Message
 from textual.widgets import Label, Static
 
 from tui.store import StoredMessage, StoredRoute
+from tui.store_parts import AnswerParts
 from tui.widgets.streamed import StreamedMarkdown
+from tui.widgets.thinking import ThinkingBlock
+from tui.widgets.toolcard import ToolCallCard
 
 __all__ = ["MessageView", "Transcript", "badge_text", "side_name"]
 
@@ -46,15 +49,21 @@ class MessageView(Vertical):
     class RouteRequested(Message):
         message_id: int
 
-    def __init__(self, message: StoredMessage) -> None:
+    def __init__(self, message: StoredMessage, parts: AnswerParts | None = None) -> None:
         super().__init__(classes=f"message {message.role}")
         self.message = message
+        self.parts = parts or AnswerParts()
+        """Its reasoning and tool calls (tui/store_parts.py), shown apart from the text."""
         self._streaming = False
 
     def compose(self) -> ComposeResult:
         yield Label("You" if self.message.role == "user" else "tandem", classes="role")
         if self.message.role == "assistant":
+            if self.parts.reasoning:
+                yield ThinkingBlock(self.parts.reasoning, self.parts.thinking_s)
             yield StreamedMarkdown(self.message.content, classes="body")
+            for call in self.parts.tool_calls:
+                yield ToolCallCard(call["id"], call["name"], call["arguments"])
         else:
             yield Static(self.message.content, classes="body", markup=False)
         yield Static("", classes="note", markup=False)
@@ -95,14 +104,38 @@ class MessageView(Vertical):
             if str(self.query_one(".note", Static).render()).startswith("⏳"):
                 self.set_waiting("")
             self._streaming = True
+            for block in self.query(ThinkingBlock):
+                block.done()  # the answer began: the thinking is over
         self.message.content += text
         await self.query_one(StreamedMarkdown).write(text)
 
-    async def finish(self, message: StoredMessage) -> None:
+    async def append_reasoning(self, text: str) -> None:
+        """Streamed reasoning: into the (collapsed) thinking block above the answer."""
+        blocks = self.query(ThinkingBlock)
+        if not blocks:
+            await self.mount(ThinkingBlock(), before=self.query_one(StreamedMarkdown))
+            blocks = self.query(ThinkingBlock)
+            self.set_waiting("")
+        blocks.first().add(text)
+
+    def restart_reasoning(self) -> None:
+        """The answer started over on the other side: so does its thinking."""
+        for block in self.query(ThinkingBlock):
+            block.reset()
+
+    async def add_tool_call(self, call_id: str, name: str, arguments: str) -> None:
+        for block in self.query(ThinkingBlock):
+            block.done()
+        card = ToolCallCard(call_id, name, arguments)
+        await self.mount(card, before=self.query_one(".note", Static))  # in call order
+
+    async def finish(self, message: StoredMessage, thinking_s: float | None = None) -> None:
         """The answer ended: flush the stream, make sure the whole text is rendered (no
         dropped last tokens), show the badge."""
         self._streaming = False
         self.message = message
+        for block in self.query(ThinkingBlock):
+            block.done(thinking_s)
         if message.role == "assistant":
             await self.query_one(StreamedMarkdown).finish(message.content)
         self._show_meta()
@@ -115,9 +148,12 @@ class MessageView(Vertical):
 class Transcript(VerticalScroll):
     """The conversation's messages, scrolled to the end as answers stream."""
 
-    async def show(self, messages: list[StoredMessage]) -> None:
+    async def show(
+        self, messages: list[StoredMessage], parts: dict[int, AnswerParts] | None = None
+    ) -> None:
+        parts = parts or {}
         await self.remove_children()
-        await self.mount_all([MessageView(m) for m in messages])
+        await self.mount_all([MessageView(m, parts.get(m.id)) for m in messages])
         # Anchored: follows the end as answers stream (a short conversation sits at the
         # bottom, next to the input, as in most chat apps).
         self.anchor()

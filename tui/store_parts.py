@@ -1,0 +1,62 @@
+"""An answer's reasoning and tool calls in the conversation store, kept apart from its text
+(migration m003_answer_parts): the text is what goes back to the model, exports and search;
+the reasoning is shown collapsed and sent back only as the model's template decides."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["AnswerParts", "PartsStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerParts:
+    reasoning: str = ""
+    thinking_s: float | None = None
+    reasoning_tokens: int = 0
+    tool_calls: tuple[dict[str, str], ...] = ()
+    """Each {"id", "name", "arguments"} (arguments as JSON text)."""
+
+
+class PartsStore:
+    """Mixed into `tui.store.Store` (which owns `_db` and commits)."""
+
+    _db: sqlite3.Connection
+
+    def save_parts(self, message_id: int, parts: AnswerParts) -> None:
+        """Store (or replace) an answer's reasoning and tool calls; nothing for a plain one."""
+        if not parts.reasoning and not parts.tool_calls:
+            return
+        self._db.execute(
+            "INSERT OR REPLACE INTO answer_parts VALUES (?, ?, ?, ?, ?)",
+            (message_id, parts.reasoning, parts.thinking_s, parts.reasoning_tokens,
+             json.dumps(list(parts.tool_calls))),
+        )
+
+    def parts(self, message_id: int) -> AnswerParts:
+        row = self._db.execute(
+            "SELECT * FROM answer_parts WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return AnswerParts() if row is None else _parts(row)
+
+    def parts_of(self, conversation_id: str) -> dict[int, AnswerParts]:
+        """Every answer's parts in a conversation, by message id (one query)."""
+        rows = self._db.execute(
+            "SELECT p.* FROM answer_parts p JOIN messages m ON m.id = p.message_id"
+            " WHERE m.conversation_id = ?",
+            (conversation_id,),
+        )
+        return {r["message_id"]: _parts(r) for r in rows}
+
+
+def _parts(row: Any) -> AnswerParts:
+    calls = json.loads(row["tool_calls"] or "[]")
+    return AnswerParts(
+        reasoning=row["reasoning"],
+        thinking_s=row["thinking_s"],
+        reasoning_tokens=row["reasoning_tokens"],
+        tool_calls=tuple({k: str(v) for k, v in c.items()} for c in calls),
+    )
