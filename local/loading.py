@@ -3,6 +3,7 @@ contract's typed errors with one sentence a person can act on.
 
     FileNotFoundError, no config.json        → ModelError  "no model at PATH ..."
     hub unreachable                          → Unavailable "cannot reach the Hugging Face hub ..."
+    not on disk in local-only mode (offline) → ModelError  "... pull it first with ..."
     unknown hub id                           → ModelError  "no model called ID on the hub ..."
     "Model type X not supported."            → ModelError  "architecture X is not supported ..."
     a damaged .safetensors file              → ModelError  "the weights in PATH are damaged ..."
@@ -66,8 +67,12 @@ def find_model(spec: str | Path, models_dir: Path | None = None) -> Path | None:
     return _cached_snapshot(text) if looks_like_hub_id(text) else None
 
 
-def resolve_folder(spec: str | Path, models_dir: Path | None = None) -> Path:
-    """A local model folder for `spec`: `find_model`'s, or a hub id downloaded now."""
+def resolve_folder(
+    spec: str | Path, models_dir: Path | None = None, *, offline: bool = False
+) -> Path:
+    """A local model folder for `spec`: `find_model`'s, or a hub id downloaded now. `offline`
+    (local-only mode: no byte leaves the machine): never download; a model not on disk is a
+    ModelError saying how to pull it first."""
     text = str(spec)
     path = find_model(spec, models_dir)
     if path is not None:
@@ -81,6 +86,12 @@ def resolve_folder(spec: str | Path, models_dir: Path | None = None) -> Path:
         raise ModelError(
             f"no model at {Path(text).expanduser()}: pass an existing model folder or a hub id "
             "(see `tandem models list`)"
+        )
+    if offline:
+        raise ModelError(
+            f"{text} is not on this machine, and local-only mode fetches nothing from the "
+            f"internet; pull it first with `tandem models pull {text}` (or leave local-only "
+            "mode for that one download)"
         )
     return _snapshot(text)
 

@@ -132,6 +132,18 @@ def build_composition(
     draft = draft_model or config.draft_model or None
     if draft:
         draft = str(find_model(draft, paths().models_dir) or draft)
+    if config.mode == "local-only":
+        # No byte leaves the machine, not even a model download: refuse before the engine
+        # would fetch one from the hub.
+        from local.loading import resolve_folder
+        from router.protocol import ModelError
+
+        try:
+            for spec in (model, draft):
+                if spec:
+                    resolve_folder(spec, paths().models_dir, offline=True)
+        except ModelError as exc:
+            raise ComposeError(str(exc)) from exc
     local = LocalEngine(
         model,
         draft_model=draft,
