@@ -144,6 +144,8 @@ class ChatSession:
             self.built.set()
             if self.boot_error is None:
                 await self.composition.start()  # returns at once when already started
+            elif self.composition.cloud is not None:
+                await self.composition.cloud.start()  # no model here: the cloud answers
         except TandemError as exc:
             self._failed(str(exc))
         except Exception as exc:  # a model that cannot load must not take the app down
@@ -324,7 +326,7 @@ class ChatSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._poller
         comp = self.composition
-        if self._owns_composition and comp is not None and comp.backend.ready:
+        if self._owns_composition and comp is not None and self.ready.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(comp.aclose(), CLOSE_TIMEOUT_S)
 
