@@ -91,7 +91,7 @@ def test_a_pushed_adapter_is_used_by_the_gateway(
            "TANDEM_CLOUD_API_KEY": cloud_gateway.api_key}
     result = subprocess.run(
         [sys.executable, "-m", "tui.cli", "adapters", "push", finetuned_adapter.name,
-         "--url", cloud_gateway.url],
+         "--url", cloud_gateway.url, "--yes"],
         capture_output=True, text=True, timeout=180, env=env,
     )
     assert result.returncode == 0, result.stderr
@@ -109,7 +109,7 @@ def test_a_pushed_adapter_is_used_by_the_gateway(
 
     bad = subprocess.run(
         [sys.executable, "-m", "tui.cli", "adapters", "push", finetuned_adapter.name,
-         "--url", cloud_gateway.url],
+         "--url", cloud_gateway.url, "--yes"],
         capture_output=True, text=True, timeout=60,
         env={**env, "TANDEM_CLOUD_API_KEY": "not-a-key"},
     )

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from local.finetune.errors import ExportRefused, FinetuneError
 from local.finetune.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRegistry
 
-__all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "PeftExport", "export_peft"]
+__all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "PeftExport", "export_peft", "public_base_model"]
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -31,6 +31,22 @@ class PeftExport:
     alpha: float
     target_modules: tuple[str, ...]
     tensors: int
+
+
+def public_base_model(base: str) -> str:
+    """The base model as a name that says nothing about this machine: a hub id stays; a local
+    folder becomes the hub id it was pulled as ("org--name" → "org/name", a hub-cache snapshot
+    → its repo), else just the folder's name. The exported config travels to the cloud."""
+    text = base.strip().replace("\\", "/")  # a Windows path reads the same
+    looks_local = text.startswith(("/", ".", "~")) or text[1:3] == ":/" or text.count("/") > 1
+    if not looks_local and not (text.count("/") == 1 and Path(text).exists()):
+        return text  # a hub id such as mlx-community/Qwen3-0.6B-4bit, or a bare name
+    parts = PurePosixPath(text).parts
+    for part in reversed(parts):
+        if part.startswith("models--"):  # ~/.cache/huggingface/hub/models--org--name/...
+            return part[len("models--") :].replace("--", "/", 1)
+    leaf = parts[-1] if parts else text
+    return leaf.replace("--", "/", 1) if "--" in leaf else leaf
 
 
 def export_peft(registry: AdapterRegistry, name: str, out: Path) -> PeftExport:
@@ -78,7 +94,7 @@ def export_peft(registry: AdapterRegistry, name: str, out: Path) -> PeftExport:
     peft = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": record.base_model,
+        "base_model_name_or_path": public_base_model(record.base_model),
         "r": rank,
         "lora_alpha": scale * rank,
         "lora_dropout": 0.0,

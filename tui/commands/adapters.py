@@ -4,7 +4,7 @@
     tandem adapters show NAME
     tandem adapters delete NAME
     tandem adapters export NAME --peft DIR
-    tandem adapters push NAME [--url URL]
+    tandem adapters push NAME [--url URL] [--yes]
 """
 
 from __future__ import annotations
@@ -59,11 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         "push", help="upload to the tandem cloud gateway",
         description="Export an adapter and upload it to the cloud gateway (the cloud_url "
         "setting, or --url), under the same name, so cloud answers can use the same fine-tune. "
-        "The API key comes from the keyring or TANDEM_CLOUD_API_KEY.",
+        "It first says what leaves this machine (the adapter's weights, learnt from your own "
+        "training data, and its config with no local paths) and asks; --yes skips the "
+        "question. The API key comes from the keyring or TANDEM_CLOUD_API_KEY.",
     )
     push.add_argument("name")
     push.add_argument("--url", help="gateway URL (default: the cloud_url setting)")
     push.add_argument("--as", dest="remote_name", help="name in the cloud (default: NAME)")
+    push.add_argument(
+        "--yes", action="store_true", help="upload without asking (it says what it sends first)"
+    )
     return parser
 
 
@@ -107,7 +112,34 @@ def _show(registry: AdapterRegistry, name: str, as_json: bool) -> int:
     return 0
 
 
-def _push(registry: AdapterRegistry, name: str, url: str | None, remote: str | None) -> int:
+def _confirm(record: AdapterRecord, folder: Path, base_url: str, remote: str, yes: bool) -> bool:
+    """Say what leaves this machine, then ask (unless --yes)."""
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    config = json.loads((folder / "adapter_config.json").read_text())
+    data = Path(record.data_path).name if record.data_path else "your data"
+    print(
+        f"This uploads adapter {record.name!r} to {base_url} as {remote!r}:\n"
+        f"  adapter_model.safetensors and adapter_config.json ({size / 1e6:.1f} MB): LoRA "
+        f"weights (rank {config.get('r')}) trained on {data}. Weights learnt from your own "
+        "data can repeat parts of it.\n"
+        f"  base model: {config.get('base_model_name_or_path')} (no local paths are sent)"
+    )
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print("tandem adapters: not uploaded; pass --yes to upload without a question",
+              file=sys.stderr)
+        return False
+    answer = input("Upload it? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        print("not uploaded")
+        return False
+    return True
+
+
+def _push(
+    registry: AdapterRegistry, name: str, url: str | None, remote: str | None, yes: bool = False
+) -> int:
     from cloud.adapters_client import upload_adapter
     from cloud.trust import TrustError
     from local.finetune.export import export_peft
@@ -123,6 +155,8 @@ def _push(registry: AdapterRegistry, name: str, url: str | None, remote: str | N
         return 1
     with tempfile.TemporaryDirectory(prefix="tandem-peft-") as tmp:
         export_peft(registry, name, Path(tmp))
+        if not _confirm(registry.get(name), Path(tmp), base_url, remote or name, yes):
+            return 1
         try:
             uploaded = upload_adapter(
                 base_url, load_api_key(), remote or name, Path(tmp),
@@ -157,7 +191,7 @@ def main(argv: list[str]) -> int:
             print(f"wrote {done.folder} (PEFT LoRA, r={done.rank}, lora_alpha={done.alpha:g}, "
                   f"modules {', '.join(done.target_modules)})")
             return 0
-        return _push(registry, args.name, args.url, args.remote_name)
+        return _push(registry, args.name, args.url, args.remote_name, args.yes)
     except FinetuneError as exc:
         print(f"tandem adapters: {exc}", file=sys.stderr)
         return 1
