@@ -215,11 +215,13 @@ class _Relay:
                         pass
                     group.cancel_scope.cancel()  # the client left: stop relaying
 
+                relaying = anyio.CancelScope()
+
                 async def watch_key() -> None:
                     while not self.revoked():
                         await anyio.sleep(0.25)
                     record.outcome = "key_revoked"
-                    group.cancel_scope.cancel()  # a revoked key's streams end within a second
+                    relaying.cancel()  # a revoked key's stream ends (cleanly) within a second
 
                 async def write(message: dict[str, object]) -> None:
                     # A client that stops reading would hold its slot (and vLLM's) forever.
@@ -234,15 +236,16 @@ class _Relay:
                 group.start_soon(watch_key)
                 await write({"type": "http.response.start", "status": 200, "headers": raw_headers})
                 try:
-                    async for chunk in self.upstream.aiter_raw():
-                        if record.ttft_ms is None:
-                            record.ttft_ms = (time.perf_counter() - record.started) * 1000
-                        if b'"usage"' in chunk:
-                            _usage_from(chunk, record)
-                        await write(
-                            {"type": "http.response.body", "body": chunk, "more_body": True}
-                        )
-                    record.outcome = "ok"
+                    with relaying:
+                        async for chunk in self.upstream.aiter_raw():
+                            if record.ttft_ms is None:
+                                record.ttft_ms = (time.perf_counter() - record.started) * 1000
+                            if b'"usage"' in chunk:
+                                _usage_from(chunk, record)
+                            await write(
+                                {"type": "http.response.body", "body": chunk, "more_body": True}
+                            )
+                        record.outcome = "ok"
                 except httpx.TransportError:
                     # vLLM died mid-answer: end the body without [DONE]; the client fails over.
                     record.outcome = "upstream_reset"
