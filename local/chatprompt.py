@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from router.protocol import ChatRequest, Message
+from router.protocol import ChatRequest, Message, Tool
 
-__all__ = ["render_prompt", "template_messages"]
+__all__ = ["render_prompt", "template_messages", "template_tool"]
 
 
 def _arguments(text: str) -> Any:
@@ -41,6 +41,18 @@ def _message(m: Message) -> dict[str, Any]:
     return out
 
 
+def template_tool(tool: Tool) -> dict[str, Any]:
+    """A tool as the template sees it, in the form vLLM hands it over (its FunctionDefinition
+    dumped: name, description, parameters, in that order, null when absent), so both engines
+    render the same prompt."""
+    function = {
+        "name": tool.name,
+        "description": tool.description or None,
+        "parameters": dict(tool.parameters) if tool.parameters else None,
+    }
+    return {"type": "function", "function": function}
+
+
 def template_messages(request: ChatRequest) -> list[dict[str, Any]]:
     return [_message(m) for m in request.messages]
 
@@ -53,7 +65,7 @@ def render_prompt(tokenizer: Any, request: ChatRequest) -> str:
         return text + request.continue_from
     kwargs: dict[str, Any] = {"tokenize": False}
     if request.tools:
-        kwargs["tools"] = [t.to_openai() for t in request.tools]
+        kwargs["tools"] = [template_tool(t) for t in request.tools]
     thinking = getattr(tokenizer, "has_thinking", False)
     if request.think is not None:
         kwargs["enable_thinking"] = request.think

@@ -43,9 +43,10 @@ class Tool:
             raise InvalidRequest(f"tool {self.name}: parameters must be a JSON object")
 
     def to_openai(self) -> dict[str, Any]:
-        function: dict[str, Any] = {"name": self.name, "parameters": dict(self.parameters)}
+        function: dict[str, Any] = {"name": self.name}
         if self.description:
             function["description"] = self.description
+        function["parameters"] = dict(self.parameters)  # OpenAI's order: the template's JSON
         return {"type": "function", "function": function}
 
 
