@@ -420,6 +420,20 @@ _CONTEXT_SET = frozenset(phrase.split()[0] for phrase in (*_ID_WORDS, *_PHONE_WO
     "passnummer",
     "telefoonnummer",
 }
+# The specs that can match a run of n digits (glued to letters or not, with an id word in the
+# message or not): looked up once instead of testing all of them per candidate.
+_SPECS_FOR: dict[tuple[int, bool, bool], tuple[_Id, ...]] = {
+    (n, glued, context): tuple(
+        spec
+        for spec in _IDS
+        if n in spec.digits
+        and (spec.glued or not glued)
+        and (context or spec.words is None)
+    )
+    for n in range(1, 20)
+    for glued in (False, True)
+    for context in (False, True)
+}
 # Ids with letters in them (PAN, codice fiscale): found from "two capitals, two digits".
 _LETTER_IDS = tuple(spec for spec in _IDS if spec.glued and spec.words is None)
 
@@ -433,9 +447,7 @@ def _context(t: ScanText) -> bool:
 def _ids(t: ScanText, start: int, end: int, n: int, glued: bool, context: bool) -> Iterator[Hit]:
     """National ids in a window around a candidate run of `n` digits."""
     lo, hi = max(0, start - 12), min(len(t.text), end + 12)
-    for spec in _IDS:
-        if (n not in spec.digits and spec.digits) or (glued and not spec.glued):
-            continue
+    for spec in _SPECS_FOR.get((n, glued, context), ()):
         if spec.words is not None and not (context and near(t.low, start, end, spec.words, 64)):
             continue
         for m in spec.pattern.finditer(t.text, lo, hi):
@@ -489,6 +501,7 @@ def find_numbers(t: ScanText, regions: tuple[str, ...]) -> Iterator[Hit]:
     shape = t.shape
     if "00" not in shape:
         return
+    text = t.text
     context: list[bool] = []  # computed once, when a candidate first needs it
     for m in _RUN.finditer(shape):
         start, end = m.span()
@@ -497,13 +510,31 @@ def find_numbers(t: ScanText, regions: tuple[str, ...]) -> Iterator[Hit]:
             start -= 2
             while start > 0 and shape[start - 1] == "0":
                 start -= 1
+        # The common case first, without a call: a plain number (no separators, no letters
+        # glued on, under twelve digits, no trunk "0") in a text that names no id or phone.
+        if (
+            end - start < 12
+            and text[start] != "0"
+            and shape.count("0", start, end) == end - start
+            and shape[start - 1 : start] not in ("A", "a")
+            and shape[end : end + 1] not in ("A", "a")
+        ):
+            if not context:
+                context.append(_context(t))
+            if not context[0]:
+                continue
         hit = _classify(t, start, end, regions, context)
         if hit is not None:
             yield hit
-        elif " " in t.text[start:end]:
+        elif " " in t.text[start:end] and _SELF_GROUPED.search(t.text, start, end):
             # Two numbers side by side ("555-123-4567 536-22-8726"): try the groups the
             # spaces make, longest first.
             yield from _pieces(t, start, end, regions, context)
+
+
+# A token with its own separators ("555-123-4567"): two of them side by side are two numbers.
+# Digits grouped by spaces alone ("2221 0276 6327 1255") are one number, not pieces.
+_SELF_GROUPED = re.compile(r"\d[-./()]\d")
 
 
 def _pieces(
@@ -543,6 +574,17 @@ def _classify(
     # The common case, a plain number in a text that names no id or phone: nothing here
     # reads it without a word (a trunk "0" or twelve digits and more aside).
     if bare and not named and not glued and n < 12 and raw[0] != "0":
+        return None
+    # Numbers side by side ("92425 1497375"): no id of that length stands alone, no card
+    # is that short, and two groups without a trunk "0" or a word are no phone number.
+    if (
+        not named
+        and not glued
+        and n < 12
+        and n not in (9, 11)
+        and raw[0] not in "0(+"
+        and sum(raw.count(c) for c in " -.") < 2
+    ):
         return None
     if not bare and (_DATE.match(raw) or _IPV4.match(raw)):
         return None

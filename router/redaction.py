@@ -74,8 +74,10 @@ class Redaction:
 class _Mapper:
     """Values → placeholders, consistent across the whole request."""
 
-    def __init__(self, scanner: PrivacyScanner) -> None:
+    def __init__(self, scanner: PrivacyScanner, existing: str = "") -> None:
         self.scanner = scanner
+        self.existing = existing
+        """The request's own text: a placeholder it already holds is not handed out again."""
         self.by_value: dict[tuple[str, str], str] = {}
         self.values: dict[str, str] = {}
         self.numbers: Counter[str] = Counter()
@@ -87,6 +89,8 @@ class _Mapper:
         found = self.by_value.get(key)
         if found is None:
             self.numbers[name] += 1
+            while f"[{name}_{self.numbers[name]}]" in self.existing:
+                self.numbers[name] += 1
             found = f"[{name}_{self.numbers[name]}]"
             self.by_value[key] = found
             self.values[found] = value
@@ -135,8 +139,8 @@ def _message(m: Message, mapper: _Mapper, content: str) -> Message:
 def redact(request: ChatRequest, scanner: PrivacyScanner) -> Redaction:
     """The request with every finding replaced by its placeholder: the messages, the text
     being continued (and its reasoning), tool calls and the stop strings."""
-    mapper = _Mapper(scanner)
     texts = [m.content for m in request.messages] + [request.continue_from]
+    mapper = _Mapper(scanner, "\n".join(texts) if any("[" in t for t in texts) else "")
     redacted = mapper.texts(texts)
     messages = tuple(_message(m, mapper, redacted[i]) for i, m in enumerate(request.messages))
     changes: dict[str, Any] = {"messages": messages, "continue_from": redacted[-1]}

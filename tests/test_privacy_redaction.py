@@ -166,3 +166,10 @@ async def test_a_device_failover_continues_in_the_cloud_redacted() -> None:
     [sent] = cloud.requests
     assert sent.continue_from == "About [CARD_1]: " and CARD not in repr(sent)
     assert final.route is not None and final.route.failover
+
+
+def test_a_placeholder_the_user_wrote_is_not_reused() -> None:
+    request = ChatRequest((Message("user", f"fill [CARD_1] with my card {CARD}"),))
+    r = redact(request, PrivacyScanner())
+    assert r.request.messages[0].content == "fill [CARD_1] with my card [CARD_2]"
+    assert r.values == {"[CARD_2]": CARD}
