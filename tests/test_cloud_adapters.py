@@ -128,7 +128,7 @@ def test_an_uploaded_adapter_changes_the_answer_and_stays_private(
     assert httpx.delete(f"{gw.url}/v1/adapters/french-tuned", headers=bob).status_code == 404
     # vLLM's own name for it (which embeds the owner) is not a way in either.
     internal = [m for m in httpx.get(f"{gw.vllm.url}/v1/models").json()["data"]  # type: ignore[union-attr]
-                if m["id"].endswith("--french-tuned")]  # fmt: skip
+                if "--french-tuned--" in m["id"]]  # owner--name--version; fmt: skip
     assert internal
     assert ask(gw, second_key, internal[0]["id"]).status_code == 404
 
