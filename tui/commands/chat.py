@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=os.environ.get("TANDEM_MODEL"),
-        help="local model folder (Hugging Face layout) or hub id; "
-        "default: $TANDEM_MODEL, then `model` in the config file",
+        help="local model folder (Hugging Face layout), hub id or pulled name; "
+        "default: $TANDEM_MODEL, then `model` in the config file, then the default for this "
+        "machine's memory (`tandem models default`; pulled on the first start)",
     )
     parser.add_argument(
         "--draft-model",
