@@ -104,12 +104,15 @@ def _stop(value: Any, caps: RequestCaps) -> None:
 
 
 def _stream_options(value: Any, caps: RequestCaps) -> None:
+    # continuous_usage_stats: usage in every chunk, which the desktop client asks for so a
+    # failover can continue an answer within max_tokens (tokens per chunk, not chunks).
+    flags = ("include_usage", "continuous_usage_stats")
     if (
         not isinstance(value, dict)
-        or set(value) - {"include_usage"}
-        or not isinstance(value.get("include_usage", False), bool)
+        or set(value) - set(flags)
+        or not all(isinstance(value.get(flag, False), bool) for flag in flags)
     ):
-        raise _fail("stream_options", "{include_usage: bool}")
+        raise _fail("stream_options", "{include_usage: bool, continuous_usage_stats: bool}")
 
 
 _PART_TYPES = {"text"}
