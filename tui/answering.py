@@ -33,6 +33,7 @@ def build_request(
     *,
     max_tokens: int,
     parts: dict[int, AnswerParts] | None = None,
+    think: bool | None = None,
 ) -> ChatRequest:
     """The request for the next answer: the system prompt, then every user message and every
     answer that has text (failed and empty answers are left out), each answer with its
@@ -53,6 +54,7 @@ def build_request(
         sampling=Sampling(max_tokens=max_tokens),
         adapter=conv.adapter or None,
         conversation_id=conv.id,
+        think=think,
     )
 
 

@@ -90,9 +90,23 @@ def m003_answer_parts(db: sqlite3.Connection) -> None:
     )
 
 
+def m004_conversation_thinking(db: sqlite3.Connection) -> None:
+    # A conversation's thinking switch (F10): 1 on, 0 off; no row: the model's default.
+    _run(
+        db,
+        """
+        CREATE TABLE conversation_thinking (
+            conversation_id TEXT PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+            think INTEGER NOT NULL
+        )
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial,
     m002_answer_writers,
     m003_answer_parts,
+    m004_conversation_thinking,
 )
 """Applied in order; each one's function name is recorded in the `migrations` table."""

@@ -42,6 +42,25 @@ class PartsStore:
         ).fetchone()
         return AnswerParts() if row is None else _parts(row)
 
+    def thinking(self, conversation_id: str) -> bool | None:
+        """The conversation's thinking switch: True, False, or None (the model's default)."""
+        row = self._db.execute(
+            "SELECT think FROM conversation_thinking WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
+        return None if row is None else bool(row["think"])
+
+    def set_thinking(self, conversation_id: str, think: bool | None) -> None:
+        if think is None:
+            self._db.execute(
+                "DELETE FROM conversation_thinking WHERE conversation_id = ?", (conversation_id,)
+            )
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO conversation_thinking VALUES (?, ?)",
+                (conversation_id, int(think)),
+            )
+
     def parts_of(self, conversation_id: str) -> dict[int, AnswerParts]:
         """Every answer's parts in a conversation, by message id (one query)."""
         rows = self._db.execute(

@@ -63,6 +63,7 @@ BINDINGS: list[BindingType] = [
     Binding("f6", "adapter", "Adapter", priority=True),
     Binding("f7", "toggle_local_only", "Local-only pin", priority=True),
     Binding("f9", "app.switch_model", "Switch model"),
+    Binding("f10", "cycle_thinking", "Thinking on/off/default", priority=True),
 ]
 
 
@@ -213,7 +214,7 @@ class ChatScreen(Screen[None]):
                 if not session.may_use_cloud(conv):
                     await session.ready.wait()
             request = build_request(conv, history, max_tokens=session.config.max_tokens,
-                                    parts=store.parts_of(conv.id))
+                                    parts=store.parts_of(conv.id), think=store.thinking(conv.id))
             stream = session.stream(conv, request, side)
             async with contextlib.aclosing(stream) as events:
                 async for event in events:
@@ -454,6 +455,16 @@ class ChatScreen(Screen[None]):
             self.store.update_conversation(self.conversation.id, adapter=name.strip())
             self._reload_conversation()
             self.notify(f"Adapter: {name.strip() or 'none (base model)'}.")
+
+    def action_cycle_thinking(self) -> None:
+        """F10: this conversation's thinking switch: the model's default → on → off."""
+        assert self.conversation is not None
+        now = self.store.thinking(self.conversation.id)
+        after = {None: True, True: False, False: None}[now]
+        self.store.set_thinking(self.conversation.id, after)
+        self.notify({True: "Thinking on for this conversation.",
+                     False: "Thinking off for this conversation.",
+                     None: "Thinking: the model's default."}[after])
 
     def action_toggle_local_only(self) -> None:
         """F7: pin this conversation to this device (never sent to the cloud)."""
