@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from router import privacy_numbers, privacy_prose, privacy_secrets
 from router.privacy_numbers import find_numbers
 from router.privacy_prose import find_prose
 from router.privacy_region import DEFAULT_REGIONS, check_regions
@@ -157,6 +158,7 @@ def iban_valid(iban: str) -> bool:
 
 # --- the scanner ------------------------------------------------------------------------------
 
+_GATES = privacy_numbers.GATE_WORDS | privacy_prose.GATE_WORDS | privacy_secrets.GATE_WORDS
 _CACHE_SIZE = 2048
 # Between messages scanned together: a line break stops every value pattern, and no pattern
 # matches a NUL.
@@ -236,6 +238,7 @@ class PrivacyScanner:
         if not text:
             return ()
         t = normalize(text)
+        t.gates = _GATES
         found: list[Hit] = [
             *find_secrets(t),
             *find_numbers(t, self.regions),

@@ -434,6 +434,8 @@ _SPECS_FOR: dict[tuple[int, bool, bool], tuple[_Id, ...]] = {
     for glued in (False, True)
     for context in (False, True)
 }
+GATE_WORDS = _CONTEXT_SET
+"""The words this module's gates look for (router.privacy joins every module's)."""
 # Ids with letters in them (PAN, codice fiscale): found from "two capitals, two digits".
 _LETTER_IDS = tuple(spec for spec in _IDS if spec.glued and spec.words is None)
 

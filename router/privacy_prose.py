@@ -207,13 +207,24 @@ _ADDRESS_SET = frozenset(w.split()[0] for w in _ADDRESS_WORDS) | {
 }
 
 
+# A capitalised word right before a number ("Hauptstraße 5"), on the shape view.
+_CAPITAL_THEN_NUMBER = re.compile(r"A[^\s0]{3,} ?0")
+
+
+def _compound_street(t: ScanText) -> bool:
+    """A street written as one word ("Hauptstraße 5", "Kerkstraat 12")."""
+    for m in _CAPITAL_THEN_NUMBER.finditer(t.shape):
+        word = t.low[m.start() : m.end()].split()[0].rstrip("0123456789")
+        if word.endswith(_STREET_SUFFIXES):
+            return True
+    return False
+
+
 def _addresses(t: ScanText) -> Iterator[Hit]:
     shape, low, words = t.shape, t.low, t.words
     if "0" not in shape:
         return
-    if not _STREET_WORDS.isdisjoint(words) or any(
-        w.endswith(_STREET_SUFFIXES) for w in words if len(w) > 5
-    ):
+    if not _STREET_WORDS.isdisjoint(words) or _compound_street(t):
         for m in _ADDRESS.finditer(t.text):
             yield Hit("address", m.start(), m.end(), "")
     if not _ADDRESS_SET.isdisjoint(words) and any(s in shape for s in _POSTAL_SHAPES):
@@ -495,6 +506,10 @@ def _sensitive(t: ScanText) -> Iterator[Hit]:
         return
     for m in _SENSITIVE.finditer(t.text):
         yield Hit("sensitive", m.start(), m.end(), "")
+
+
+GATE_WORDS = _STREET_WORDS | _ADDRESS_SET | _BIRTH_GATE | _SENSITIVE_SET | {"dot"}
+"""The words this module's gates look for (router.privacy joins every module's)."""
 
 
 def find_prose(t: ScanText) -> Iterator[Hit]:

@@ -119,6 +119,8 @@ _PASSWORD_GATE = frozenset(
         "wacht",
     ]
 )
+GATE_WORDS = _PASSWORD_GATE
+"""The words this module's gates look for (router.privacy joins every module's)."""
 # Words that follow "password is" in sentences about passwords, not in a password.
 _NOT_VALUES = frozenset(
     [

@@ -85,6 +85,9 @@ class ScanText:
     _low: str | None = None
     _shape: str | None = None
     _words: frozenset[str] | None = None
+    gates: frozenset[str] | None = None
+    """Every word some detector's gate looks for (router.privacy sets it): a text holding
+    none of them gets an empty `words`, without building the set."""
 
     @property
     def low(self) -> str:
@@ -118,7 +121,11 @@ class ScanText:
                 if low.isascii()
                 else low.translate(_WORD_MAP)
             ).split()
-            self._words = frozenset(split)
+            # One pass of C-level lookups answers the common case, a text without any word a
+            # gate looks for; only then is building the whole set worth it.
+            gates = self.gates
+            closed = gates is not None and gates.isdisjoint(split)
+            self._words = frozenset() if closed else frozenset(split)
         return self._words
 
     def original(self, start: int, end: int) -> tuple[int, int]:
