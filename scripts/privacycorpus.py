@@ -179,7 +179,7 @@ def token() -> tuple[str, str]:
 
     kind = R.choice(
         ["aws", "aws_secret", "google", "stripe", "github", "gitlab", "npm", "pypi", "hf",
-         "slack", "twilio", "sendgrid", "openai", "anthropic", "jwt"]
+         "slack", "twilio", "sendgrid", "openai", "anthropic", "jwt", "azure"]
     )  # fmt: skip
     up = string.ascii_uppercase + string.digits
     value = {
@@ -199,9 +199,13 @@ def token() -> tuple[str, str]:
         "anthropic": lambda: "sk-ant-api03-" + rnd(60, alnum + "_-"),
         "jwt": lambda: "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ" + rnd(30, alnum + "_-") + "."
         + rnd(43, alnum + "_-"),
+        "azure": lambda: rnd(86, alnum + "+/") + "==",
     }[kind]()
     if kind == "aws_secret":
         return f"aws_secret_access_key = {value}", kind
+    if kind == "azure":
+        return (f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={value};"
+                "EndpointSuffix=core.windows.net"), kind
     return R.choice(
         [f"Why does {value} fail?", f"export TOKEN={value}", f"my key is {value}",
          f"here: {value}", f"config: api_key: {value}"]
