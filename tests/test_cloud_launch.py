@@ -188,7 +188,7 @@ def test_a_profile_cannot_turn_on_prompt_logging_in_the_environment(
 ) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(f"[env]\n{env}\n")
-    with pytest.raises(LaunchError, match="must not|logs prompt"):
+    with pytest.raises(LaunchError, match=r"must not|logs prompt"):
         load_profile(str(bad))
 
 
