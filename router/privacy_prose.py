@@ -336,12 +336,16 @@ _SENSITIVE = re.compile(
     # explicit medical phrases about someone
     rf"{_SUBJECT}\b[^.?!\n]{{0,40}}?\b(?:diagnosed with|been diagnosed|tested positive for|"
     r"suffers? from|suffering from|living with|being treated for|in remission from|"
+    r"allergic to|an allergy to|"
     rf"prescribed|on chemo|recovering from)\b[^.?!\n]{{0,40}}"
     # "I have diabetes", "my son has autism", "my wife is pregnant"
     rf"|{_SUBJECT}\s+(?:has|have|had|got|has got|'ve got|is|am|was|'m)\s+(?:been\s+)?"
     rf"(?:(?:severe|mild|chronic|early|late|stage \w+|terminal|an?)\s+)?(?:{_CONDITIONS}|"
     r"pregnant|hiv[- ]positive|bipolar|autistic|diabetic|epileptic|depressed|suicidal|"
     r"infertile)\b"
+    # "my anxiety is getting worse", "my therapist", "our son's autism"
+    rf"|(?:my|our|my (?:\w+)'s|our (?:\w+)'s)\s+(?:{_CONDITIONS}|therapist|psychiatrist|"
+    r"oncologist|chemo(?:therapy)?|diagnosis|prescription|medication|meds|antidepressants)\b"
     # "I'm HIV positive", "we're pregnant"
     r"|(?:i'm|i am|we're|we are)\s+(?:hiv[- ]positive|pregnant|bipolar|autistic|diabetic|"
     r"epileptic|depressed|suicidal|infertile|anorexic|an alcoholic|an addict)\b"
@@ -366,6 +370,15 @@ _SENSITIVE = re.compile(
 
 _SENSITIVE_SET = frozenset(
     [
+        "allergic",
+        "allergy",
+        "therapist",
+        "psychiatrist",
+        "oncologist",
+        "prescription",
+        "medication",
+        "meds",
+        "antidepressants",
         "diagnosed",
         "diagnosis",
         "diagnose",

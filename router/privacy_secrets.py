@@ -71,6 +71,7 @@ _CREDENTIAL_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@]*:(?P<v>[^
 _VALUE = r"[\"'“‘]?(?P<v>[^\s\"'”’,;]{3,})"
 _ASSIGN = re.compile(
     r"(?i)(?<![A-Za-z])(?:password|passwd|passwort|kennwort|pwd|pass|passcode|passphrase|"
+    r"mot de passe|contraseña|contrasena|wachtwoord|"
     r"secret|client_secret|secret_key|api[_-]?key|apikey|access[_-]?key|auth[_-]?token|"
     r"access[_-]?token|token|accountkey)[\"']?\s*(?::|=|=>)\s*" + _VALUE
 )

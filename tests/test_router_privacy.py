@@ -26,6 +26,11 @@ POSITIVES = [
     ("api_token", "token ghp_" + "A1b2C3d4E5" * 4),
     ("api_token", "aws AKIAZ3MHQ5X7RTPLW2NB"),
     ("api_token", "slack xoxb-123456789012-abcdefghijkl"),
+    ("sensitive", "I am allergic to penicillin"),
+    ("sensitive", "My therapist says my anxiety is getting worse"),
+    ("password", "mot de passe: Soleil2024!"),
+    ("address", "my home is 42 Wallaby Way, Sydney"),
+    ("phone", "text me at 415.555.2671"),
 ]
 
 # Text that looks close to a kind but is not one.
@@ -55,6 +60,9 @@ NEGATIVES = [
     "What are the symptoms of diabetes?",
     "Mozart was born on 27 January 1756",
     "the password is required",
+    "What medication treats anxiety? How does a therapist help?",
+    "my essay on diabetes is due",
+    "Ring me on 0161 496 0000",  # Ofcom's drama range
 ]
 
 
