@@ -105,7 +105,8 @@ _BAD_FIELD = st.one_of(
     st.tuples(st.just("seed"), st.text(max_size=4) | st.floats() | st.booleans()
               | st.integers(min_value=2**63)),
     st.tuples(st.just("stream"), st.text(max_size=3) | st.integers()),
-    st.tuples(st.just("stream_options"), st.just({"continuous_usage_stats": "yes"}) | st.just({"x": True})),
+    st.tuples(st.just("stream_options"),
+              st.just({"continuous_usage_stats": "yes"}) | st.just({"x": True})),
     st.tuples(st.just("tools"), st.just([{"type": "code_interpreter"}])),
     st.tuples(st.just("logprobs"), st.text(max_size=3)),
 )  # fmt: skip
