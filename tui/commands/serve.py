@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="loopback address to bind (default 127.0.0.1); other addresses are refused, "
-        "because the endpoint has no authentication",
+        help="loopback address to bind (default 127.0.0.1); other addresses are refused: the "
+        "endpoint is for this machine (its key, --api-key, is optional)",
     )
     parser.add_argument(
         "--allow-origin",
@@ -93,8 +93,8 @@ def _check_host(host: str) -> str | None:
     except ValueError:
         pass
     return (
-        f"tandem serve: {host} is not a loopback address. The endpoint has no authentication, "
-        "so it only listens on this machine (127.0.0.1 or ::1)."
+        f"tandem serve: {host} is not a loopback address. The endpoint spends your device and "
+        "your cloud key, so it only listens on this machine (127.0.0.1 or ::1)."
     )
 
 
