@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import chain
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["Mode", "Placement", "Scheduled", "Scheduler", "SeqStatus"]
@@ -117,6 +118,11 @@ class Scheduler(Generic[T]):
 
     def reap(self) -> list[T]:
         """Take out every cancelled sequence; the runner drops those that hold a cache."""
+        single = self.single
+        if not (single is not None and single.cancelled) and not any(
+            s.cancelled for s in chain(self.batched, self.prefilling, self.waiting)
+        ):
+            return []  # the common case, checked without building a list (every token)
         gone = [s for s in self.all() if s.cancelled]
         for seq in gone:
             self.finish(seq)
@@ -135,6 +141,11 @@ class Scheduler(Generic[T]):
     def place(self) -> Placement[T]:
         """Where the prefilled sequences go, which prefill advances, which path decodes."""
         plan = Placement[T]()
+        if not self.prefilling:  # the common case: only decoding
+            plan.decode = Mode.SINGLE if self.single is not None else (
+                Mode.BATCH if self.batched else None
+            )
+            return plan
         ready = [s for s in self.prefilling if s.prefill_left <= self.chunk_tokens]
         still = [s for s in self.prefilling if s.prefill_left > self.chunk_tokens]
         alone = (

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from local.sequence import Sequence
 from router.protocol import BackendError, ModelError, Unavailable
 
 __all__ = ["LoadSnapshot", "Stop", "Submit", "Wake", "Worker", "WorkerSettings"]
+
+PUBLISH_EVERY_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
@@ -107,6 +110,8 @@ class Worker(threading.Thread):
         self.dead = False
         self._lock = threading.Lock()  # `dead` and the last inbox drain agree under it
         self._taken = 0
+        self._published: tuple[int, ...] = ()
+        self._published_at = 0.0
         self._parked: dict[str, list[Sequence]] = {}  # waiting for their adapter to be read
         self._latest: dict[str, str] = {}  # adapter name → the digest of its files on disk
         self._reader = AdapterReader(settings.adapter_resolver)
@@ -182,12 +187,23 @@ class Worker(threading.Thread):
             self.flush()
 
     def _publish(self) -> None:
-        lanes = list(self.lanes.items())
+        """A new snapshot when the counts changed, and at least every PUBLISH_EVERY_S for the
+        token rate (not on every token: the decode loop is the hot path)."""
+        lanes = self.lanes
+        queue_depth = sum(lane.scheduler.queue_depth for lane in lanes.values()) + sum(
+            len(v) for v in self._parked.values()
+        )
+        active = sum(lane.scheduler.active for lane in lanes.values())
+        now = time.monotonic()
+        counts = (queue_depth, active, self._taken, len(lanes))
+        if counts == self._published and now - self._published_at < PUBLISH_EVERY_S:
+            return
+        self._published, self._published_at = counts, now
         self.snapshot = LoadSnapshot(
-            queue_depth=sum(lane.scheduler.queue_depth for _, lane in lanes)
-            + sum(len(v) for v in self._parked.values()),
-            active=sum(lane.scheduler.active for _, lane in lanes),
-            adapters=tuple(sorted({key[0] for key, _ in lanes if key is not None})),
+            queue_depth=queue_depth,
+            active=active,
+            adapters=tuple(sorted({key[0] for key in lanes if key is not None}))
+            if len(lanes) > 1 else (),
             tokens_per_s=self.rate.rate(),
             taken=self._taken,
         )
