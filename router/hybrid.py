@@ -443,6 +443,11 @@ async def _restoring(
                 if isinstance(event, (Final, ToolCall)):
                     for piece in pending():
                         yield piece
+                if isinstance(event, ToolCall):
+                    # A call the cloud wrote with placeholders runs here with the real values.
+                    args = redaction.restorer()
+                    event = replace(event, arguments=args.feed(event.arguments) + args.flush())
+                    text.mangled += args.mangled
                 yield event
     except BackendError:
         for piece in pending():

@@ -173,3 +173,20 @@ def test_a_placeholder_the_user_wrote_is_not_reused() -> None:
     r = redact(request, PrivacyScanner())
     assert r.request.messages[0].content == "fill [CARD_1] with my card [CARD_2]"
     assert r.values == {"[CARD_2]": CARD}
+
+
+async def test_a_tool_call_written_with_placeholders_gets_the_real_values() -> None:
+    from router.protocol import ToolCall
+
+    class Calls(Echo):
+        async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+            self.requests.append(request)
+            yield ToolCall("c1", "send_mail", '{"to": "[EMAIL_1]"}')
+            yield Final("tool_calls", Usage(1, 1), self.name, "m")
+
+    hybrid = HybridBackend(
+        Failing(), Calls(), RouterSettings(mode="cloud-preferred", privacy_action="redact")
+    )
+    calls = [e async for e in hybrid.stream(ChatRequest((Message("user", TEXT),)))
+             if isinstance(e, ToolCall)]  # fmt: skip
+    assert [c.arguments for c in calls] == [f'{{"to": "{EMAIL}"}}']
