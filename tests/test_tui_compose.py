@@ -130,6 +130,17 @@ async def test_without_a_model_or_a_network_one_line_says_what_to_do(offline: No
     assert not (paths().models_dir / folder_name_for(hub_id)).exists()
 
 
+async def test_in_local_only_mode_the_default_is_not_pulled(offline: None) -> None:
+    hub_id = default_model()
+    app = TandemApp(store=Store.open(paths().database), config=Config(mode="local-only"))
+    async with app.run_test(size=(110, 32)) as pilot:
+        await until(pilot, lambda: app.backend_ready.is_set())
+        line = app.boot_error
+        assert line is not None and "\n" not in line
+        assert f"tandem models pull {hub_id}" in line and "Local-only mode" in line
+        assert not any("pulling" in str(n.message) for n in app._notifications)
+
+
 @pytest.mark.mlx
 async def test_without_a_model_the_chat_uses_the_pulled_default(
     test_models: Any, offline: None, capsys: pytest.CaptureFixture[str]
@@ -148,7 +159,7 @@ async def test_without_a_model_the_chat_uses_the_pulled_default(
         assert app.composition is not None
         assert app.composition.local.model_spec == str(pulled)  # ...is what the chat loads
         assert app.composition.model_label == hub_id.split("/")[1]
-        assert any(hub_id in str(n.message) for n in app._notifications)
+        assert any(hub_id in note for note in app.composition.notes)  # shown at start
         stored = await answer(pilot, "What is the capital of France?")
         assert stored.status == "complete" and stored.content
 

@@ -168,6 +168,10 @@ class ChatSession:
         try:
             return await in_daemon_thread(build)
         except DefaultNotPulled as missing:
+            if self.config.mode == "local-only":  # no byte leaves the machine: no download
+                raise ComposeError(
+                    f"{missing} Local-only mode downloads nothing, models included."
+                ) from missing
             hub_id = missing.hub_id
         try:
             await self._pull(hub_id)
