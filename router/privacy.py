@@ -160,6 +160,7 @@ def iban_valid(iban: str) -> bool:
 
 _GATES = privacy_numbers.GATE_WORDS | privacy_prose.GATE_WORDS | privacy_secrets.GATE_WORDS
 _CACHE_SIZE = 2048
+_CACHE_CHARS = 4_000_000  # and no more text than this kept as keys (long pastes)
 # Between messages scanned together: a line break stops every value pattern, and no pattern
 # matches a NUL.
 _SEPARATOR = "\n\x00\n"
@@ -201,6 +202,7 @@ class PrivacyScanner:
         except ValueError as exc:
             raise PrivacyConfigError(str(exc)) from exc
         self._cache: OrderedDict[str, tuple[Hit, ...]] = OrderedDict()
+        self._cached_chars = 0
 
     # --- one text ---------------------------------------------------------------------------
 
@@ -229,9 +231,12 @@ class PrivacyScanner:
                 if h.end <= base + len(texts[missing[k]]):  # nothing spans two messages
                     per[k].append(Hit(h.kind, h.start - base, h.end - base, h.detail))
             for k, i in enumerate(missing):
+                if texts[i] not in cache:
+                    self._cached_chars += len(texts[i])
                 results[i] = cache[texts[i]] = tuple(per[k])
-            while len(cache) > _CACHE_SIZE:
-                cache.popitem(last=False)
+            while len(cache) > _CACHE_SIZE or self._cached_chars > _CACHE_CHARS:
+                old, _ = cache.popitem(last=False)
+                self._cached_chars -= len(old)
         return [r or () for r in results]
 
     def _scan(self, text: str) -> tuple[Hit, ...]:

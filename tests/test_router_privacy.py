@@ -194,3 +194,14 @@ def test_a_cached_message_gives_the_same_findings() -> None:
     assert scanner.spans(texts[1:]) == [
         type(s)(s.kind, s.index - 1, s.start, s.end) for s in first if s.index > 0
     ]
+
+
+def test_the_cache_keeps_no_more_than_its_share_of_text() -> None:
+    import router.privacy as privacy
+
+    scanner = PrivacyScanner()
+    big = "word " * 200_000  # a million characters a paste
+    for i in range(8):
+        scanner.scan_texts([big + str(i)])
+    assert scanner._cached_chars <= privacy._CACHE_CHARS
+    assert sum(len(k) for k in scanner._cache) == scanner._cached_chars
