@@ -168,6 +168,7 @@ class HybridBackend:
             local_inflight=self._local_inflight,
             local_ttft_s=self.first_tokens.recent("local"),
             cloud_ttft_s=self.first_tokens.recent("cloud"),
+            other_texts=_other_texts(sent),
         )
         return self.policy.decide(inp), sent
 
@@ -382,6 +383,16 @@ class HybridBackend:
         for backend in (self.local, self.cloud):
             if backend is not None:
                 await backend.aclose()
+
+
+def _other_texts(request: ChatRequest) -> tuple[tuple[str, str], ...]:
+    """The fields besides the messages that the cloud would get, for the privacy rule."""
+    parts: list[tuple[str, str]] = []
+    if request.sampling.stop:
+        parts.append(("stop strings", "\n".join(request.sampling.stop)))
+    if request.adapter:
+        parts.append(("adapter name", request.adapter))
+    return tuple(parts)
 
 
 def _scanned(messages: tuple[Message, ...]) -> tuple[Message, ...]:

@@ -131,6 +131,9 @@ class RoutingInput:
     """The device's recent time to first token under load (router.latency), if known."""
     cloud_ttft_s: float | None = None
     """The cloud's recent time to first token, if known."""
+    other_texts: tuple[tuple[str, str], ...] = ()
+    """The request's other fields that go over the wire, as (part, text): ("stop strings",
+    ...), ("adapter name", ...). Scanned like the messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,11 +245,19 @@ class RoutingPolicy:
             )
         try:
             findings = tuple(self.scanner.scan(inp.messages, inp.continue_from))
+            n = len(inp.messages) + (1 if inp.continue_from else 0)
+            findings += tuple(
+                Finding(f.kind, n + 1, part)
+                for part, text in inp.other_texts
+                for f in self.scanner.scan_texts([text])
+            )
         except Exception:  # a scanner that fails must fail safe: nothing leaves the device
             return local(
                 "privacy", "privacy check failed → kept on this device", cloud_allowed=False
             )
-        if findings and s.privacy_action != "redact":
+        # An adapter's name cannot be swapped for a placeholder: it stays, whatever the action.
+        unredactable = any(f.part == "adapter name" for f in findings)
+        if findings and (s.privacy_action != "redact" or unredactable):
             return local(
                 "privacy", _privacy_reason(findings), cloud_allowed=False, findings=findings
             )

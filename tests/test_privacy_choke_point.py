@@ -197,3 +197,24 @@ async def test_text_split_across_a_failover_is_scanned_as_one() -> None:
     with pytest.raises(ModelError):
         await collect(hybrid.stream(request))
     assert cloud.requests == []
+
+
+async def test_the_router_itself_keeps_private_stop_strings_and_adapter_names_local() -> None:
+    class Cloud(Device):
+        name = "cloud"
+
+    email = "jane.doe@fastmail.com"
+    for request in (
+        ChatRequest((Message("user", "hi"),), Sampling(stop=(email,))),
+        ChatRequest((Message("user", "hi"),), adapter=f"notes-{email}"),
+    ):
+        cloud = Cloud(["never"])
+        for action in ("keep-local", "redact"):
+            settings = RouterSettings(mode="cloud-preferred", privacy_action=action)
+            hybrid = HybridBackend(Device(["Sure."]), cloud, settings)
+            _, final = await collect(hybrid.stream(request))
+            if request.adapter or action == "keep-local":
+                assert final.route is not None and final.route.rule == "privacy"
+                assert "email address in the " in final.route.reason
+        # With redact, stop strings go out as placeholders; an adapter name never goes out.
+        assert not [r for r in cloud.requests if email in repr(r)]
