@@ -4,8 +4,9 @@ One `Lane` per model variant (the base model, or the base model with one version
 adapter): a pure `Scheduler` (local/scheduler.py) decides, a `Runner` (local/runner.py)
 executes. The loop blocks on its inbox while idle; while any lane has work it takes whatever
 has arrived between steps (new requests, wake-ups after a cancellation, adapters read, stop),
-steps each lane once, delivers that step's events with one `call_soon_threadsafe` per event
-loop, and publishes an immutable `LoadSnapshot` that the engine reads from any thread.
+steps each lane once, publishes an immutable `LoadSnapshot` (whenever a step changed the
+counts, and at least every PUBLISH_EVERY_S for the token rate) that the engine reads from any
+thread, then delivers that step's events with one `call_soon_threadsafe` per event loop.
 
 Nobody waits forever: a failure inside a lane fails that lane's sequences; a failure anywhere
 else, or while failing a lane, ends the loop, and on its way out the worker fails every open
