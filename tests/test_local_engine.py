@@ -112,7 +112,10 @@ async def test_continue_from_streams_only_the_new_text(
     request = ChatRequest((Message("user", FRANCE),), Sampling(max_tokens=24), continue_from=start)
     text, _ = await collect(engine.stream(request))
     assert not text.startswith(start)  # deltas hold only the new text
-    assert text == mlx_greedy(test_models.target, FRANCE, max_tokens=24, prefix=start)
+    # mlx-lm's detokenizer trims the space before a text's first word; the engine keeps it,
+    # as the continuation needs it after the prefix.
+    reference = mlx_greedy(test_models.target, FRANCE, max_tokens=24, prefix=start)
+    assert text.lstrip() == reference.lstrip() and text[:1].isspace()
 
 
 # --- batching and cancellation ----------------------------------------------------------------
