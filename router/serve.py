@@ -2,6 +2,8 @@
 
 - `POST /v1/chat/completions`, streaming (server-sent events) and not;
 - `GET /v1/models`: "tandem" (the router decides), "tandem-local" and "tandem-cloud" (pinned);
+- `POST /v1/messages`: the same models in Anthropic's Messages API shape
+  (router/serve_anthropic.py);
 - `tools` / `tool_choice` (the model's calls come back as `tool_calls`, streamed whole, with
   finish_reason "tool_calls"; results go back as `tool` messages), a thinking model's
   reasoning as `reasoning_content` beside `content`, and the thinking switch as
@@ -306,9 +308,12 @@ def create_app(
             if on_shutdown is not None:
                 await on_shutdown()
 
+    from router.serve_anthropic import messages_route  # imports this module: not at the top
+
     app = Starlette(
         routes=[
             HttpRoute("/v1/chat/completions", completions, methods=["POST"]),
+            messages_route(backend),  # Anthropic's Messages API (router/serve_anthropic.py)
             HttpRoute("/v1/models", models, methods=["GET"]),
             HttpRoute("/health", health, methods=["GET"]),
         ],

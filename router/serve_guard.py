@@ -13,8 +13,9 @@ user visits must not be able to drive it (the class of Ollama's CVE-2024-28224):
 - An optional bearer key for users who want one; the body size is capped whatever the framing
   (Content-Length or chunked), and a body that trickles in is cut off.
 
-Refusals are OpenAI-style JSON errors. A plain ASGI middleware: it needs nothing but Starlette's
-CORS helper, imported only when built.
+Refusals are OpenAI-style JSON errors, and Anthropic-style on `/v1/messages` (whose clients
+send the key as `x-api-key`: accepted as well as the bearer header). A plain ASGI middleware:
+it needs nothing but Starlette's CORS helper, imported only when built.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
             app,
             allow_origins=list(allowed),
             allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type", "x-tandem-pin"],
+            allow_headers=["authorization", "content-type", "x-tandem-pin", "x-api-key",
+                           "anthropic-version", "anthropic-beta"],
             expose_headers=["x-tandem-route"],
             max_age=600,
         )
@@ -143,8 +145,12 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
             ok = scheme.lower() == "bearer" and hmac.compare_digest(
                 token.strip().encode(), config.api_key.encode()
             )
+            other = _header(scope, b"x-api-key")  # how Anthropic's clients send it
+            if not ok and other is not None:
+                ok = hmac.compare_digest(other.strip().encode(), config.api_key.encode())
             if not ok:
-                return _error(401, "this endpoint needs its API key (Bearer)", "unauthorized")
+                message = "this endpoint needs its API key (Bearer or x-api-key)"
+                return _error(401, message, "unauthorized")
         if scope.get("method") == "POST":
             kind = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
             if kind != "application/json":
@@ -170,7 +176,12 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
         except TimeoutError:
             return _error(408, "the request body did not arrive in time", "timeout")
 
-    async def respond(send: Send, status: int, body: bytes) -> None:
+    async def respond(send: Send, status: int, body: bytes, scope: Scope) -> None:
+        if str(scope.get("path", "")).startswith("/v1/messages"):
+            from router.serve_anthropic import anthropic_error
+
+            message = json.loads(body)["error"]["message"]
+            body = json.dumps(anthropic_error(status, message)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -181,22 +192,23 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
             return
         refused = refusal(scope)
         if refused is not None:
-            await respond(send, *refused)
+            await respond(send, *refused, scope)
             return
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
-                await respond(send, *_error(400, "Content-Length is not a number", "bad_length"))
+                refused = _error(400, "Content-Length is not a number", "bad_length")
+                await respond(send, *refused, scope)
                 return
             if int(declared) > config.max_body_bytes:
-                await respond(send, *_too_large(config.max_body_bytes))
+                await respond(send, *_too_large(config.max_body_bytes), scope)
                 return
         if scope.get("method") != "POST":
             await inner(scope, receive, send)
             return
         body = await read_body(receive)
         if isinstance(body, tuple):
-            await respond(send, *body)
+            await respond(send, *body, scope)
             return
         replayed = False
 

@@ -31,13 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve the hybrid backend (this device plus your cloud, routed per request) as an "
             "OpenAI-compatible API on this machine only: POST /v1/chat/completions (streaming "
-            "and not) and GET /v1/models. Use model 'tandem' to let the router decide, "
+            "and not) and GET /v1/models, and Anthropic's Messages API: POST /v1/messages "
+            "(base URL http://127.0.0.1:PORT; key as x-api-key or Bearer). Use model "
+            "'tandem' to let the router decide, "
             "'tandem-local' or 'tandem-cloud' to pin a side. Every response carries the route "
             "(where it ran and why) in the x-tandem-route header and as 'tandem_route' in the "
             "body or the last streamed chunk. Web pages cannot call it: only requests addressed "
             "to localhost/127.0.0.1/[::1] are served, a request with a foreign Origin is "
             "refused, and bodies must be application/json (at most 8 MiB). Every field is "
-            "checked; a bad one is a 400 with an OpenAI-style error. Stop with Ctrl-C or "
+            "checked; a bad one is a 400 with an OpenAI-style error (Anthropic-style on "
+            "/v1/messages). Stop with Ctrl-C or "
             "SIGTERM (it exits within 5 s whatever is running)."
         ),
     )
@@ -62,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         action="store_true",
         help=f"require a bearer key: ${KEY_ENV} if set, else the key stored in the OS keyring "
-        "(made and printed once on first use); clients send it as their OpenAI API key",
+        "(made and printed once on first use); clients send it as their OpenAI or Anthropic "
+        "API key",
     )
     parser.add_argument(
         "--model",
