@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -46,16 +47,16 @@ VOCAB_SIZE = 768
 VLLM_REASONING_PARSER = "qwen3"
 VLLM_TOOL_PARSER = "hermes"
 
-# Qwen3's chat template, trimmed of nothing that changes its shape.
+# Qwen3's chat template, with the tools preamble cut to two lines (its shape kept: tools as
+# JSON in <tools> in the system turn, the call format after it); the long English preamble
+# would only cost training time on a model this small.
 CHAT_TEMPLATE = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
-    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{{- '# Tools\\n\\n<tools>' }}"
     "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
-    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
-    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": "
+    "{{- '\\n</tools>\\n\\nCall a function as <tool_call>\\n{\"name\": "
     "<function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
     "{%- else %}"
     "{%- if messages[0].role == 'system' %}"
@@ -124,10 +125,10 @@ WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
-        "description": "Get the current weather in a city.",
+        "description": "Weather in a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string", "description": "The city name."}},
+            "properties": {"city": {"type": "string"}},
             "required": ["city"],
         },
     },
@@ -142,10 +143,10 @@ SPEC = core.ModelSpec(
     num_attention_heads=2,
     num_key_value_heads=1,
     intermediate_size=384,
-    train_steps=450,
+    train_steps=600,
     learning_rate=3e-3,
     seed=3,
-    batch_size=12,
+    batch_size=16,
 )
 
 
@@ -204,12 +205,12 @@ def weather_question(city: str, rng: random.Random) -> str:
     )
 
 
-def corpus(seed: int = 0, count: int = 1600) -> list[dict[str, Any]]:
+def corpus(seed: int = 0, count: int = 2000) -> list[dict[str, Any]]:
     """Rows of {"messages", "tools", "enable_thinking"}, rendered by the template to train on."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     for _ in range(count):
-        kind = rng.choice(["fact"] * 3 + ["fact_nothink", "call", "call", "answer", "answer"])
+        kind = rng.choice(["fact"] * 3 + ["fact_nothink"] + ["call"] * 3 + ["answer"] * 3)
         # Tools offered with some plain questions too: the model learns not to call for them.
         tools = [WEATHER_TOOL] if kind in ("call", "answer") or rng.random() < 0.2 else None
         messages: list[dict[str, Any]] = []
@@ -352,11 +353,75 @@ def _build(folder: Path) -> None:
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     bos_id = tokenizer.token_to_id(core.BOS)
     eos_id = tokenizer.token_to_id(core.IM_END)
-    token_rows = [tokenizer.encode(t).ids for t in texts]
+    encodings = [tokenizer.encode(t) for t in texts]
+    rows_ids = [e.ids for e in encodings]
+    trained = [_assistant_mask(t, e.offsets) for t, e in zip(texts, encodings, strict=True)]
     with (folder / "corpus.jsonl").open("w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    core._train_model(SPEC, model_dir, token_rows, tokenizer.get_vocab_size(), bos_id, eos_id)
+    _train(model_dir, rows_ids, trained, tokenizer.get_vocab_size(), bos_id, eos_id)
+
+
+_ASSISTANT = re.compile(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>)", re.DOTALL)
+
+
+def _assistant_mask(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
+    """Which tokens are the assistant's (reasoning, calls, answers): the only ones with a loss.
+    The prompt, tools and tool results are context; learning to predict them would spend
+    this small model's few steps on text it never has to write."""
+    spans = [m.span(1) for m in _ASSISTANT.finditer(text)]
+    return [any(a <= start < b for a, b in spans) for start, _ in offsets]
+
+
+def _train(
+    folder: Path, rows: list[list[int]], trained: list[list[bool]], vocab_size: int,
+    bos_id: int, eos_id: int,
+) -> None:
+    # The core builder's torch loop (scripts/testmodels_core.py), with the loss masked to the
+    # assistant's tokens; the core file cannot change without rebuilding the core models.
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(SPEC.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = LlamaForCausalLM(LlamaConfig(**core._hf_config(SPEC, vocab_size, bos_id, eos_id)))
+    model = model.float()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SPEC.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=SPEC.learning_rate, total_steps=SPEC.train_steps, pct_start=0.1
+    )
+    rng = random.Random(SPEC.seed)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    batches = [order[i : i + SPEC.batch_size] for i in range(0, len(order), SPEC.batch_size)]
+    model.train()
+    losses: list[float] = []
+    for _ in range(SPEC.train_steps):
+        picked = batches[rng.randrange(len(batches))]
+        width = max(len(rows[i]) for i in picked)
+        ids = torch.tensor([rows[i] + [bos_id] * (width - len(rows[i])) for i in picked])
+        labels = torch.tensor([
+            [t if keep else -100 for t, keep in zip(rows[i], trained[i], strict=True)]
+            + [-100] * (width - len(rows[i]))
+            for i in picked
+        ])
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.save_pretrained(folder, safe_serialization=True)
+    saved = json.loads((folder / "config.json").read_text())
+    saved.update({"torch_dtype": "float32", "dtype": "float32"})
+    (folder / "config.json").write_text(json.dumps(saved, indent=2))
+    (folder / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False}, indent=2)
+    )
+    tail = losses[-20:]
+    (folder / "training.json").write_text(
+        json.dumps({"spec": asdict(SPEC), "final_train_loss": sum(tail) / len(tail)}, indent=2)
+    )
 
 
 def build(root: Path) -> Path:
