@@ -11,12 +11,10 @@ checksum is a single digit (a tenth of all numbers would pass it).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import phonenumbers
 from stdnum import iban as std_iban
 from stdnum import luhn
 from stdnum.au import tfn
@@ -30,6 +28,7 @@ from stdnum.it import codicefiscale
 from stdnum.nl import bsn
 from stdnum.us import itin, ssn
 
+from router.privacy_phone import NANP_GROUPED, PHONE_WORDS, phone
 from router.privacy_text import Hit, ScanText, near
 
 __all__ = ["find_numbers"]
@@ -44,40 +43,6 @@ _DATE = re.compile(r"^(?:\d{4}-\d\d-\d\d|\d{1,2}[./-]\d{1,2}[./-](?:\d{4}|\d\d))
 _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 _VERSIONISH = re.compile(r"^\d+(?:\.\d+){2,}$")
 _FOURS = re.compile(r"^\d{4}(?:\.\d{4}){2,3}(?:\.\d{1,4})?$")
-
-
-def _fictional_phone(national: str, region: str) -> bool:
-    """Numbers set aside for fiction and documentation: NANP 555-0100…0199, Ofcom's drama
-    ranges in the UK."""
-    if region in ("US", "CA") or (national.startswith("1") and len(national) == 11):
-        n = national[-10:] if len(national) >= 10 else national[-7:]
-        local = n[-7:]
-        return local.startswith("55501")
-    if region == "GB":
-        n = national.lstrip("0")
-        return n.startswith(
-            (
-                "2079460",
-                "7700900",
-                "1632960",
-                "1134960",
-                "1144960",
-                "1154960",
-                "1164960",
-                "1174960",
-                "1184960",
-                "1214960",
-                "1314960",
-                "1414960",
-                "1514960",
-                "1614960",
-                "2896496",
-                "2920180",
-                "8081570",
-                "9098790",
-            )
-        )
-    return False
 
 
 # --- payment cards ----------------------------------------------------------------------------
@@ -148,78 +113,6 @@ def _card(raw: str, digits: str) -> bool:
         return False
     groups = [len(g) for g in _SEPARATORS.split(raw) if g]
     return _card_grouping(groups, set(_SEPARATORS.findall(raw)))
-
-
-# --- phone numbers ------------------------------------------------------------------------------
-_PHONE_WORDS = (
-    "call", "phone", "tel", "mobile", "cell", "number", "fax", "whatsapp", "text me", "sms",
-    "ring", "reach me", "contact", "dial", "telefon", "handy", "mobil", "rufnummer", "portable",
-    "téléphone", "numéro", "teléfono", "móvil", "celular", "telefono", "cellulare", "nummer",
-    "bel me", "signal",
-)  # fmt: skip
-_NANP_GROUPED = re.compile(r"^(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}$")
-
-
-_NANP = frozenset({"US", "CA"})
-
-
-@functools.cache
-def _trunk(region: str) -> str:
-    """The national (trunk) prefix a number dialled inside `region` starts with ("0" in most
-    of Europe; "" where there is none, e.g. Spain and Italy)."""
-    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    return (meta.national_prefix or "") if meta is not None else ""
-
-
-def _phone(
-    t: ScanText,
-    raw: str,
-    start: int,
-    end: int,
-    digits: str,
-    regions: tuple[str, ...],
-    context: bool,
-) -> bool:
-    if not 7 <= len(digits) <= 15 or "/" in raw:
-        return False
-    international = raw.startswith("+") or digits.startswith("00")
-    candidate = (
-        ("+" + digits[2:] if digits.startswith("00") else "+" + digits) if international else raw
-    )
-    groups = len([g for g in _SEPARATORS.split(raw) if g])
-    # A bare run of digits reads as a phone number only when it looks like one: a trunk
-    # prefix, brackets, three groups or more, or a word saying so.
-    shaped = (
-        international
-        or raw.startswith(("0", "("))
-        or groups >= 3
-        or (context and near(t.low, start, end, _PHONE_WORDS))
-    )
-    if not shaped:
-        return False
-    for region in (None,) if international else regions:
-        if (
-            region is not None
-            and region not in _NANP
-            and not raw.lstrip("(").startswith(_trunk(region))
-        ):
-            continue  # written nationally, a number there starts with the trunk prefix
-        try:
-            number = phonenumbers.parse(candidate, region)
-        except phonenumbers.NumberParseException:
-            continue
-        where = phonenumbers.region_code_for_number(number) or region or ""
-        national = str(number.national_number)
-        if _fictional_phone(national, where):
-            return False
-        if phonenumbers.is_valid_number(number):
-            return True
-    # North American numbers grouped 3-3-4 read as phone numbers even in unassigned area codes.
-    if "US" in regions or "CA" in regions:
-        return bool(_NANP_GROUPED.match(raw)) and not digits.endswith(
-            tuple(f"55501{d}{e}" for d in "0123456789" for e in "0123456789")
-        )
-    return False
 
 
 # --- national ids -----------------------------------------------------------------------------
@@ -402,7 +295,7 @@ _IDS: tuple[_Id, ...] = (
         glued=True,
     ),
 )
-_CONTEXT_SET = frozenset(phrase.split()[0] for phrase in (*_ID_WORDS, *_PHONE_WORDS)) | {
+_CONTEXT_SET = frozenset(phrase.split()[0] for phrase in (*_ID_WORDS, *PHONE_WORDS)) | {
     "calls",
     "phones",
     "mobiles",
@@ -500,38 +393,51 @@ def _ibans(t: ScanText) -> Iterator[Hit]:
 def find_numbers(t: ScanText, regions: tuple[str, ...]) -> Iterator[Hit]:
     """Phone numbers, cards, IBANs and national ids in one message."""
     yield from _ibans(t)
-    shape = t.shape
-    if "00" not in shape:
+    if "00" not in t.shape:
         return
-    text = t.text
-    context: list[bool] = []  # computed once, when a candidate first needs it
-    for m in _RUN.finditer(shape):
-        start, end = m.span()
-        # The run may begin with a shorter group ("5 551 2345"): take it in.
-        while start >= 2 and shape[start - 1] in " -./()" and shape[start - 2] == "0":
-            start -= 2
-            while start > 0 and shape[start - 1] == "0":
-                start -= 1
-        # The common case first, without a call: a plain number (no separators, no letters
-        # glued on, under twelve digits, no trunk "0") in a text that names no id or phone.
-        if (
-            end - start < 12
-            and text[start] != "0"
-            and shape.count("0", start, end) == end - start
-            and shape[start - 1 : start] not in ("A", "a")
-            and shape[end : end + 1] not in ("A", "a")
-        ):
-            if not context:
-                context.append(_context(t))
-            if not context[0]:
-                continue
-        hit = _classify(t, start, end, regions, context)
+    named = _context(t)
+    for start, end in _runs(t, named):
+        hit = _classify(t, start, end, regions, named)
         if hit is not None:
             yield hit
         elif " " in t.text[start:end] and _SELF_GROUPED.search(t.text, start, end):
             # Two numbers side by side ("555-123-4567 536-22-8726"): try the groups the
             # spaces make, longest first.
-            yield from _pieces(t, start, end, regions, context)
+            yield from _pieces(t, start, end, regions, named)
+
+
+def _whole(shape: str, start: int) -> int:
+    """The start of the run whose match begins at `start`: a run may begin with a shorter
+    group ("5 551 2345") that the match (two digits first) left out."""
+    while start >= 2 and shape[start - 1] in " -./()" and shape[start - 2] == "0":
+        start -= 2
+        while start > 0 and shape[start - 1] == "0":
+            start -= 1
+    return start
+
+
+def _runs(t: ScanText, named: bool) -> Iterator[tuple[int, int]]:
+    """Every run of six digits or more (separators allowed between them) worth a look. In a
+    message that names no id or phone number, a plain number (six to eleven digits, nothing
+    glued to it, no separators, no trunk "0") is nothing: most runs are such numbers, and
+    they are passed over here with a few C-level tests instead of a call each."""
+    shape, text = t.shape, t.text
+    for m in _RUN.finditer(shape):
+        start, end = m.span()
+        if (
+            not named
+            and end - start < 12
+            and shape.count("0", start, end) == end - start
+            and text[start] != "0"
+            and shape[start - 1 : start] not in ("A", "a")
+            and shape[end : end + 1] not in ("A", "a")
+            and not (shape[start - 1 : start] in _SEPS and shape[start - 2 : start - 1] == "0")
+        ):
+            continue
+        yield _whole(shape, start), end
+
+
+_SEPS = frozenset(" -./()")
 
 
 # A token with its own separators ("555-123-4567"): two of them side by side are two numbers.
@@ -540,7 +446,7 @@ _SELF_GROUPED = re.compile(r"\d[-./()]\d")
 
 
 def _pieces(
-    t: ScanText, start: int, end: int, regions: tuple[str, ...], context: list[bool]
+    t: ScanText, start: int, end: int, regions: tuple[str, ...], named: bool
 ) -> Iterator[Hit]:
     bounds = [(m.start() + start, m.end() + start) for m in re.finditer(r"\S+", t.text[start:end])]
     if len(bounds) > 12:
@@ -551,15 +457,17 @@ def _pieces(
             s, e = bounds[i][0], bounds[i + size - 1][1]
             if any(s < te and ts < e for ts, te in taken):
                 continue
-            hit = _classify(t, s, e, regions, context)
+            hit = _classify(t, s, e, regions, named)
             if hit is not None:
                 taken.append((s, e))
                 yield hit
 
 
 def _classify(
-    t: ScanText, start: int, end: int, regions: tuple[str, ...], context: list[bool]
+    t: ScanText, start: int, end: int, regions: tuple[str, ...], named: bool
 ) -> Hit | None:
+    """What the run at [start, end) is, if anything; `named`: the message has a word naming an
+    id or a phone number."""
     raw = t.text[start:end]
     bare = raw.isdigit()
     n = len(raw) if bare else sum(c.isdigit() for c in raw)
@@ -570,9 +478,6 @@ def _classify(
     )
     if n < 6 and not glued:
         return None
-    if not context:
-        context.append(_context(t))
-    named = context[0]
     # The common case, a plain number in a text that names no id or phone: nothing here
     # reads it without a word (a trunk "0" or twelve digits and more aside).
     if bare and not named and not glued and n < 12 and raw[0] != "0":
@@ -590,7 +495,7 @@ def _classify(
         return None
     if not bare and (_DATE.match(raw) or _IPV4.match(raw)):
         return None
-    if not bare and _VERSIONISH.match(raw) and not (_FOURS.match(raw) or _NANP_GROUPED.match(raw)):
+    if not bare and _VERSIONISH.match(raw) and not (_FOURS.match(raw) or NANP_GROUPED.match(raw)):
         return None
     found = next(_ids(t, start, end, n, glued, named), None)
     if found is not None:
@@ -605,6 +510,6 @@ def _classify(
     digits = "".join(c for c in raw if c.isdigit())
     if _card(raw, digits):
         return Hit("card", start, end, "")
-    if _phone(t, raw, start, end, digits, regions, named):
+    if phone(t, raw, start, end, digits, regions, named):
         return Hit("phone", start, end, "")
     return None
