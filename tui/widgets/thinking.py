@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from textual import events
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
@@ -74,7 +75,8 @@ class ThinkingBlock(Static, can_focus=True):
         self.expanded = not self.expanded
         self._draw()
 
-    def on_click(self) -> None:
+    def on_click(self, event: events.Click) -> None:
+        event.stop()  # the answer around it opens its route record on a click
         self.action_expand()
 
     def _draw(self) -> None:
