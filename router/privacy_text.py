@@ -34,6 +34,9 @@ _SHAPE_BYTES = bytes(ord(_SHAPE_MAP.get(chr(b), chr(b))) for b in range(256))
 _PUNCTUATION = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
 # \x1c-\x1f too: str.split() splits on them, bytes.split() does not.
 _WORD_BYTES = bytes(32 if chr(b) in _PUNCTUATION or 0x1C <= b <= 0x1F else b for b in range(256))
+# For the gate test only, digits split words too: no gate word holds a digit, so a gate word
+# is still found whole, and the numbers (a good share of the words) are no words to hash.
+_GATE_BYTES = bytes(32 if chr(b).isdigit() else c for b, c in enumerate(_WORD_BYTES))
 _WORD_MAP = str.maketrans({c: " " for c in _PUNCTUATION})
 
 
@@ -75,7 +78,7 @@ def near(
 @functools.cache
 def _gate_bytes(gates: frozenset[str]) -> frozenset[bytes]:
     """The gate words as the ASCII fast path of `ScanText.words` compares them (a word with
-    other characters cannot be in an ASCII text)."""
+    other characters cannot be in an ASCII text, nor one with a digit in the gate's split)."""
     return frozenset(w.encode("ascii") for w in gates if w.isascii())
 
 
@@ -129,13 +132,15 @@ class ScanText:
             if low.isascii():
                 # bytes: splitting and hashing bytes objects is cheaper than str ones, and
                 # this is the scan's largest single cost (a 4,000-token text has ~4,000 words).
-                split_bytes = low.encode("ascii").translate(_WORD_BYTES).split()
                 # One pass of C-level lookups answers the common case, a text without any
                 # word a gate looks for; only then is building the whole set worth it.
-                if gates is not None and _gate_bytes(gates).isdisjoint(split_bytes):
+                raw = low.encode("ascii")
+                if gates is not None and _gate_bytes(gates).isdisjoint(
+                    raw.translate(_GATE_BYTES).split()
+                ):
                     self._words = frozenset()
                     return self._words
-                split = [w.decode("ascii") for w in split_bytes]
+                split = raw.translate(_WORD_BYTES).decode("ascii").split()
             else:
                 split = low.translate(_WORD_MAP).split()
             closed = gates is not None and gates.isdisjoint(split)
