@@ -159,6 +159,7 @@ def decision_times(iterations: int = 2000) -> dict[str, float]:
         "decision_p99_ms": round(_percentile(times, 0.99), 4),
         "decision_p50_ms": round(_percentile(times, 0.5), 4),
         "decision_p99_cpu_ms": round(_percentile(cpu, 0.99), 4),
+        "decision_p50_cpu_ms": round(_percentile(cpu, 0.5), 4),
         "decision_next_turn_p99_ms": round(_percentile(turn, 0.99), 4),
         "decision_next_turn_p99_cpu_ms": round(_percentile(turn_cpu, 0.99), 4),
     }
