@@ -130,9 +130,9 @@ def _text_blocks(value: Any, where: str) -> str:
     parts = []
     for i, block in enumerate(value):
         at = f"{where}[{i}]"
-        _obj(block, at, {"type", "text", *HINTS}, {"type", "text"})
-        if block["type"] != "text":
+        if not isinstance(block, dict) or block.get("type") != "text":
             raise _fail(f"{at}: only text blocks are supported here")
+        _obj(block, at, {"type", "text", *HINTS}, {"type", "text"})
         parts.append(_text(block["text"], f"{at}.text"))
     return "".join(parts)
 

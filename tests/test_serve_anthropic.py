@@ -124,9 +124,7 @@ def _text(message: Any, kind: str = "text") -> str:
 def test_a_plain_message_matches_the_openai_route_on_each_side(serve: str) -> None:
     client = _anthropic(serve)
     for model in ("tandem-local", "tandem-cloud"):
-        raw = client.messages.with_raw_response.create(
-            model=model, messages=GRASS, max_tokens=96, temperature=0
-        )
+        raw = client.messages.with_raw_response.create(model=model, messages=GRASS, max_tokens=96)
         message = raw.parse()
         route = json.loads(raw.headers["x-tandem-route"])
         assert (route["backend"], route["rule"]) == (model.removeprefix("tandem-"), "pin")
@@ -142,14 +140,10 @@ def test_a_plain_message_matches_the_openai_route_on_each_side(serve: str) -> No
 @pytest.mark.mlx
 def test_a_streamed_message_arrives_in_events_in_anthropic_order(serve: str) -> None:
     client = _anthropic(serve)
-    whole = client.messages.create(
-        model="tandem-local", messages=GRASS, max_tokens=96, temperature=0
-    )
+    whole = client.messages.create(model="tandem-local", messages=GRASS, max_tokens=96)
     kinds: list[str] = []
     text_deltas = 0
-    with client.messages.stream(
-        model="tandem-local", messages=GRASS, max_tokens=96, temperature=0
-    ) as stream:
+    with client.messages.stream(model="tandem-local", messages=GRASS, max_tokens=96) as stream:
         for event in stream:
             if event.type in ("text", "thinking", "signature", "input_json"):
                 continue  # the SDK's own convenience events, beside the wire's
@@ -179,33 +173,37 @@ def test_a_tool_use_round_trip(serve: str) -> None:
         if stream:
             with client.messages.stream(
                 model="tandem-local", messages=WEATHER_Q, tools=[WEATHER], max_tokens=96,
-                temperature=0,
             ) as s:  # fmt: skip
                 asked = s.get_final_message()
         else:
             asked = client.messages.create(
                 model="tandem-local", messages=WEATHER_Q, tools=[WEATHER], max_tokens=96,
-                temperature=0,
             )  # fmt: skip
         assert asked.stop_reason == "tool_use", stream
         assert _blocks(asked) == ["thinking", "tool_use"], stream
         call = asked.content[-1]
-        assert (call.name, call.input) == ("get_weather", {"city": "Berlin"}) and call.id
+        # The same call as the OpenAI route makes for the same request on the same server.
+        [expected] = _openai(
+            serve, "tandem-local", WEATHER_Q, tools=[OPENAI_WEATHER]
+        ).message.tool_calls
+        assert call.name == expected.function.name == "get_weather" and call.id
+        assert call.input == json.loads(expected.function.arguments)
+        blocks = asked.content
         result = json.dumps({"city": "Berlin", "condition": "rainy", "temperature": 9})
         history = [
             *WEATHER_Q,
-            {"role": "assistant", "content": [b.model_dump() for b in asked.content]},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in blocks]},
             {"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": call.id, "content": result}]},
         ]  # fmt: skip
         answered = client.messages.create(
             model="tandem-local", messages=history, tools=[WEATHER], max_tokens=96,
-            temperature=0,
         )  # fmt: skip
         assert answered.stop_reason == "end_turn" and _blocks(answered)[-1] == "text"
         openai = _openai(serve, "tandem-local", [
             *WEATHER_Q,
-            {"role": "assistant", "content": None, "tool_calls": [{
+            {"role": "assistant", "content": None,
+             "reasoning_content": _text(asked, "thinking"), "tool_calls": [{
                 "id": call.id, "type": "function",
                 "function": {"name": "get_weather", "arguments": json.dumps(call.input)}}]},
             {"role": "tool", "tool_call_id": call.id, "content": result},
@@ -218,11 +216,11 @@ def test_thinking_switch_and_stop_sequences(serve: str) -> None:
     client = _anthropic(serve)
     question = [{"role": "user", "content": "What is 2 plus 5?"}]
     on = client.messages.create(
-        model="tandem-local", messages=question, max_tokens=96, temperature=0,
+        model="tandem-local", messages=question, max_tokens=96,
         thinking={"type": "enabled", "budget_tokens": 64},
     )  # fmt: skip
     off = client.messages.create(
-        model="tandem-local", messages=question, max_tokens=96, temperature=0,
+        model="tandem-local", messages=question, max_tokens=96,
         thinking={"type": "disabled"},
     )  # fmt: skip
     assert _blocks(on) == ["thinking", "text"] and _text(on, "thinking")
@@ -236,20 +234,20 @@ def test_thinking_switch_and_stop_sequences(serve: str) -> None:
     stop = text[len(text) // 2 : len(text) // 2 + 2]
     assert stop.strip(), text
     cut = client.messages.create(
-        model="tandem-local", messages=question, max_tokens=96, temperature=0,
+        model="tandem-local", messages=question, max_tokens=96,
         thinking={"type": "disabled"}, stop_sequences=[stop],
     )  # fmt: skip
     assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
     assert _text(cut) == text[: text.index(stop)]
     with client.messages.stream(
-        model="tandem-local", messages=question, max_tokens=96, temperature=0,
+        model="tandem-local", messages=question, max_tokens=96,
         thinking={"type": "disabled"}, stop_sequences=[stop],
     ) as s:  # fmt: skip
         streamed = s.get_final_message()
     assert (streamed.stop_reason, streamed.stop_sequence, _text(streamed)) == (
         "stop_sequence", stop, _text(cut))  # fmt: skip
     short = client.messages.create(
-        model="tandem-local", messages=question, max_tokens=3, temperature=0,
+        model="tandem-local", messages=question, max_tokens=3,
         thinking={"type": "disabled"},
     )  # fmt: skip
     assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
