@@ -308,12 +308,14 @@ def create_app(
             if on_shutdown is not None:
                 await on_shutdown()
 
-    from router.serve_anthropic import messages_route  # imports this module: not at the top
+    from router.serve_anthropic import Shared, messages_route
+
+    shared = Shared(_error_status, route_json, ROUTE_HEADER, PIN_HEADER)
 
     app = Starlette(
         routes=[
             HttpRoute("/v1/chat/completions", completions, methods=["POST"]),
-            messages_route(backend),  # Anthropic's Messages API (router/serve_anthropic.py)
+            messages_route(backend, shared),  # Anthropic's Messages API (router/serve_anthropic.py)
             HttpRoute("/v1/models", models, methods=["GET"]),
             HttpRoute("/health", health, methods=["GET"]),
         ],

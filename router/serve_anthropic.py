@@ -23,7 +23,7 @@ then counted from the deltas and input_tokens is reported as 0 (unknown).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,33 +39,29 @@ from router.protocol import (
     TextDelta,
     ToolCall,
 )
-from router.serve import PIN_HEADER, ROUTE_HEADER, _error_status, route_json
 from router.serve_anthropic_request import (
     AnthropicRequest,
     MessagesFieldError,
     parse_messages_request,
 )
 from router.serve_checks import FieldError, parse_json
+from router.serve_guard import anthropic_error
 
-__all__ = ["ERROR_TYPES", "StopScan", "anthropic_error", "messages_route"]
+__all__ = ["Shared", "StopScan", "messages_route"]
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-}
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What the OpenAI routes (router.serve, which imports this module) share with this one:
+    passed in, so the two modules do not import each other."""
+
+    error_status: Callable[[BackendError], tuple[int, str, dict[str, str]]]
+    route_json: Callable[[Route | None], str]
+    route_header: str
+    pin_header: str
+
+
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
-
-
-def anthropic_error(status: int, message: str) -> dict[str, Any]:
-    """Anthropic's error body for an HTTP status."""
-    kind = ERROR_TYPES.get(status, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 class StopScan:
@@ -111,6 +107,7 @@ def _tool_input(call: ToolCall) -> dict[str, Any]:
 class _Answer:
     """The answer as it is collected: blocks in order, the stop, the tokens seen."""
 
+    shared: Shared
     scan: StopScan
     blocks: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
@@ -142,7 +139,7 @@ def _sse(kind: str, data: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
 
 
-def messages_route(backend: Backend) -> Any:
+def messages_route(backend: Backend, shared: Shared) -> Any:
     """The Starlette route for `POST /v1/messages` over `backend`."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -155,10 +152,10 @@ def messages_route(backend: Backend) -> Any:
     async def messages(request: Request) -> Response:
         try:
             body = parse_json(await request.body())
-            parsed = parse_messages_request(body, pin_header=request.headers.get(PIN_HEADER))
+            parsed = parse_messages_request(body, pin_header=request.headers.get(shared.pin_header))
         except (FieldError, MessagesFieldError) as exc:
             return error(400, str(exc))
-        answer = _Answer(StopScan(parsed.stop_sequences))
+        answer = _Answer(shared, StopScan(parsed.stop_sequences))
         events = backend.stream(parsed.chat)
         if not parsed.stream:
             try:
@@ -167,12 +164,14 @@ def messages_route(backend: Backend) -> Any:
                         if _take(answer, event):
                             break
             except BackendError as exc:
-                status, _, headers = _error_status(exc)
+                status, _, headers = shared.error_status(exc)
                 return error(status, str(exc), headers)
             if answer.final is None and answer.scan.matched is None:
                 return error(503, "the backend ended without an answer")
-            return JSONResponse(_message(parsed, answer, answer.blocks),
-                                headers={ROUTE_HEADER: route_json(_route(answer))})  # fmt: skip
+            header = shared.route_json(_route(answer))
+            return JSONResponse(
+                _message(parsed, answer, answer.blocks), headers={shared.route_header: header}
+            )
         # Wait for the first event: an error before any token becomes a proper status, and
         # the header can carry the route actually taken.
         try:
@@ -181,14 +180,17 @@ def messages_route(backend: Backend) -> Any:
                 answer.routes.append(first.route)
                 first = await anext(events)
         except BackendError as exc:
-            status, _, headers = _error_status(exc)
+            status, _, headers = shared.error_status(exc)
             return error(status, str(exc), headers)
         except StopAsyncIteration:
             return error(503, "the backend ended without an answer")
         return StreamingResponse(
             _stream(parsed, answer, first, events),
             media_type="text/event-stream",
-            headers={ROUTE_HEADER: route_json(_route(answer)), "cache-control": "no-cache"},
+            headers={
+                shared.route_header: shared.route_json(_route(answer)),
+                "cache-control": "no-cache",
+            },
         )
 
     return HttpRoute("/v1/messages", messages, methods=["POST"])
@@ -240,7 +242,7 @@ def _message(parsed: AnthropicRequest, answer: _Answer, content: list[Any]) -> d
         "stop_reason": reason,
         "stop_sequence": sequence,
         "usage": _usage(answer),
-        "tandem_route": json.loads(route_json(_route(answer))),
+        "tandem_route": json.loads(answer.shared.route_json(_route(answer))),
     }
 
 
@@ -324,7 +326,7 @@ async def _stream(
                     for chunk in text(rest) if rest else ():
                         yield chunk
     except BackendError as exc:  # mid-stream, after both sides had their chance
-        status, _, _ = _error_status(exc)
+        status, _, _ = answer.shared.error_status(exc)
         yield _sse("error", anthropic_error(status, str(exc)))
         return
     if open_kind is not None:
@@ -333,6 +335,6 @@ async def _stream(
     yield _sse("message_delta", {
         "delta": {"stop_reason": reason, "stop_sequence": sequence},
         "usage": _usage(answer),
-        "tandem_route": json.loads(route_json(_route(answer))),
+        "tandem_route": json.loads(answer.shared.route_json(_route(answer))),
     })  # fmt: skip
     yield _sse("message_stop", {})

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GuardConfig", "guard"]
+__all__ = ["GuardConfig", "anthropic_error", "guard"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +53,24 @@ class GuardConfig:
 def _error(status: int, message: str, kind: str) -> tuple[int, bytes]:
     body = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
     return status, json.dumps(body).encode()
+
+
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error body for an HTTP status (the door's and router.serve_anthropic's)."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def _too_large(limit: int) -> tuple[int, bytes]:
@@ -178,8 +196,6 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
 
     async def respond(send: Send, status: int, body: bytes, scope: Scope) -> None:
         if str(scope.get("path", "")).startswith("/v1/messages"):
-            from router.serve_anthropic import anthropic_error
-
             message = json.loads(body)["error"]["message"]
             body = json.dumps(anthropic_error(status, message)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
