@@ -22,12 +22,12 @@ The tree (where each class is defined)::
     ├── InvalidRequest (ValueError)      router.errors: a request the contract refuses
     ├── ProtocolViolation (AssertionError)  router.errors: a backend broke the stream contract
     ├── PrivacyConfigError (ValueError)  router.privacy: a privacy pattern that does not compile
-    ├── CaseError (ValueError)           router.privacy_eval: a labelled file that cannot be read
     ├── CaseError (ValueError)           router.privacy_eval: a labelled case that cannot be read
     ├── CalibrationError (ValueError)    router.calibrate: labelled data that cannot calibrate
     ├── BadRequest (ValueError)          router.serve: a body `tandem serve` cannot answer
     ├── FieldError (ValueError)          router.serve_checks: one field of a request body
     ├── ToolFieldError (ValueError)      router.serve_tools: a tools or reasoning field
+    ├── MessagesFieldError (ValueError)  router.serve_anthropic_request: a /v1/messages field
     ├── FinetuneError                    local.finetune.errors
     │   ├── DataError                    training data that cannot be used (file, line, why)
     │   ├── AdapterNotFound (LookupError)

@@ -131,7 +131,9 @@ class GatewayServer:
         response = httpx.get(
             f"{self.url}/gateway/metrics",
             headers={"Authorization": f"Bearer {self.admin_key}"},
-            timeout=10,
+            # Generous: while vLLM's CPU workers spin on both cores during a long answer, the
+            # gateway's process may wait seconds for a turn (CI measured more than 10 s).
+            timeout=60,
             verify=False,
         )
         response.raise_for_status()

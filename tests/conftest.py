@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,33 @@ from scripts.testmodels import ModelSet, build
 from tests.servers import VLLMServer
 from tui.cli import keep_torch_out
 
+_EXIT_STATUS = pytest.StashKey[int]()
+
 # As in the `tandem` command: transformers (under mlx-lm) imports torch whenever it is
 # installed, and torch brings triton, whose bindings print hundreds of "nanobind: leaked"
 # lines at exit, after pytest's summary. Nothing the tests run in this process needs torch;
 # the test models are trained in a child process (scripts.testmodels.build), vLLM runs as a
 # server process.
 keep_torch_out()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process right after pytest's summary, with pytest's own exit status.
+
+    What runs after this is only the interpreter's teardown, where native extensions (MLX's
+    worker threads, tokenizers) may print leak reports or crash after every test passed; the
+    summary must be the last thing printed, and the status must be pytest's."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,14 @@ def _wait_idle(gw: GatewayServer, timeout_s: float = 30.0) -> float:
     return n
 
 
+def _wait_for_log(gw: GatewayServer, text: str, timeout_s: float = 30.0) -> bool:
+    """The log line is written when the relay has finished, just after the client saw the end."""
+    deadline = time.monotonic() + timeout_s
+    while text not in gw.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return text in gw.log()
+
+
 def _assert_json_4xx(response: httpx.Response) -> None:
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
     error = response.json()["error"]
@@ -318,7 +326,7 @@ def test_a_client_that_stops_reading_loses_its_slot(strict_gateway: GatewayServe
             time.sleep(0.1)
         # ...and never read: the relay's write times out and frees the slot (and vLLM's).
         assert _wait_idle(gw, timeout_s=120) == 0
-        assert "outcome=client_stalled" in gw.log()
+        assert _wait_for_log(gw, "outcome=client_stalled")
     finally:
         s.close()
 
@@ -347,7 +355,7 @@ def test_a_revoked_keys_stream_ends(cloud_gateway: GatewayServer) -> None:
                 if chunks == 3:
                     gw.revoke_key("revoked-mid-stream")
     assert chunks < 4000  # it ended long before the answer was done
-    assert "outcome=key_revoked" in gw.log()
+    assert _wait_for_log(gw, "outcome=key_revoked")
     assert _wait_idle(gw) == 0
 
 

@@ -46,10 +46,9 @@ def test_quantize_prints_the_perplexity_change_and_refuses_past_the_limit(
     assert f"saved to {saved}" in out
     assert '"bits": 4' in (saved / "config.json").read_text()
 
-    # A limit under the change that was measured (whatever this machine measured): refused,
-    # nothing kept. Four bits always cost this trained model some perplexity.
-    assert change > 0
-    limit = f"{change / 2:.6f}"
+    # A limit just under the change this machine measured (which may even be a gain: rounding
+    # can lower a tiny model's perplexity): refused, nothing kept.
+    limit = f"{change - 0.01:.4f}"
     code = main(["quantize", "target", "--bits", "4", "--heldout", heldout,
                  "--out", str(models_dir / "strict"), "--max-loss", limit])
     captured = capsys.readouterr()
