@@ -12,8 +12,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _tandem(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TANDEM_HOME": str(home)}
+def _tandem(home: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TANDEM_HOME": str(home), **env_extra}
     return subprocess.run(
         [sys.executable, "-m", "tui.cli", *args],
         capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT,
@@ -39,6 +39,20 @@ def test_calibrate_writes_the_threshold_into_the_config(tmp_path: Path) -> None:
     # No cloud configured in this home: the explanation says so instead of the score.
     assert json.loads(explain.stdout)["rule"] == "cloud-unavailable"
     assert 0 < threshold < 1
+
+
+def test_calibrate_saves_only_the_threshold_not_the_shells_settings(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(["What is two plus two?", "Prove it step by step in Rust."] * 3))
+    config_file = tmp_path / "config" / "config.toml"
+    config_file.parent.mkdir(parents=True)
+    config_file.write_text('mode = "auto"\n')
+    result = _tandem(tmp_path, "router", "calibrate", "--prompts", str(prompts),
+                     TANDEM_MAX_TOKENS="77", TANDEM_MODE="local-only")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = tomllib.loads(config_file.read_text())
+    assert "complexity_threshold" in config
+    assert "max_tokens" not in config and config.get("mode", "auto") == "auto"
 
 
 def test_calibrate_with_a_missing_file_is_one_clear_line(tmp_path: Path) -> None:

@@ -16,7 +16,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from local.finetune.errors import ExportRefused, FinetuneError
-from local.finetune.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRegistry
+from local.finetune.registry import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    AdapterRegistry,
+    write_atomically,
+)
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "PeftExport", "export_peft", "public_base_model"]
 
@@ -90,7 +95,11 @@ def export_peft(registry: AdapterRegistry, name: str, out: Path) -> PeftExport:
         modules.add(path.rpartition(".")[2])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(out / PEFT_WEIGHTS), tensors, metadata={"format": "pt"})
+    # Weights and config each whole or not at all: an export over an earlier one that is
+    # killed half-way leaves the earlier files, never a torn one that vLLM would refuse.
+    scratch = out / f".{PEFT_WEIGHTS}.tmp.safetensors"
+    mx.save_safetensors(str(scratch), tensors, metadata={"format": "pt"})
+    scratch.replace(out / PEFT_WEIGHTS)
     peft = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -106,5 +115,5 @@ def export_peft(registry: AdapterRegistry, name: str, out: Path) -> PeftExport:
         "modules_to_save": None,
         "inference_mode": True,
     }
-    (out / PEFT_CONFIG).write_text(json.dumps(peft, indent=2))
+    write_atomically(out / PEFT_CONFIG, json.dumps(peft, indent=2))
     return PeftExport(out, rank, scale * rank, tuple(sorted(modules)), len(tensors))

@@ -27,6 +27,7 @@ from local.finetune.registry import (
     AdapterRecord,
     AdapterRegistry,
     validate_name,
+    write_atomically,
 )
 
 __all__ = [
@@ -363,4 +364,4 @@ def run_training(
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     import json
 
-    path.write_text(json.dumps(data, indent=4, sort_keys=True))
+    write_atomically(path, json.dumps(data, indent=4, sort_keys=True))

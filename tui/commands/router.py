@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tui.config import MODES, ConfigError, load_config, save_config
+from tui.config import MODES, ConfigError, load_config, update_config
 from tui.paths import paths
 
 __all__ = ["build_parser", "main"]
@@ -64,7 +64,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         print("tandem router calibrate: --cloud-share must be between 0 and 1", file=sys.stderr)
         return 2
     try:
-        config = load_config()
+        load_config()  # a broken config file is reported before the work, not after
         result = calibrate(load_prompts(args.prompts), args.cloud_share)
     except (CalibrationError, ConfigError) as exc:
         print(f"tandem router calibrate: {exc}", file=sys.stderr)
@@ -75,10 +75,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         return 0
-    config.complexity_threshold = result.threshold
     try:
-        save_config(config)
-    except OSError as exc:
+        # Only the threshold: the loaded config also holds TANDEM_* values from this shell.
+        update_config({"complexity_threshold": result.threshold})
+    except (OSError, ConfigError) as exc:
         print(f"tandem router calibrate: cannot write the config: {exc}", file=sys.stderr)
         return 1
     print(f"Saved to {paths().config_file}.")
