@@ -154,7 +154,13 @@ _EXAMPLE_SSNS = frozenset({"123456789", "078051120", "219099999", "457555462"}) 
 
 
 def _ssn(value: str) -> bool:
-    return ssn.is_valid(value) and ssn.compact(value) not in _EXAMPLE_SSNS
+    # stdnum's compact() strips only dashes: "536 22 8726" must lose its spaces here.
+    compact = value.replace(" ", "")
+    return ssn.is_valid(compact) and ssn.compact(compact) not in _EXAMPLE_SSNS
+
+
+def _itin(value: str) -> bool:
+    return itin.is_valid(value.replace(" ", ""))
 
 
 def _strong_ssn(value: str) -> bool:
@@ -183,7 +189,7 @@ _IDS: tuple[_Id, ...] = (
     _Id(
         "US ITIN",
         re.compile(r"(?<!\d)9\d\d ?[5-9]\d ?\d{4}(?!\d)"),
-        itin.is_valid,
+        _itin,
         ("itin", "taxpayer"),
         (9,),
     ),

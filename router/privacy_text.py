@@ -1,6 +1,7 @@
-"""Text as the privacy scanner reads it: NFKC, every Unicode space and dash as its ASCII form,
-other-script digits as ASCII digits, zero-width characters and soft hyphens dropped — with each
-position mapped back to the original, so a finding (and a redaction) still points at the
+"""Text as the privacy scanner reads it: NFKC (on each character together with the combining
+marks after it, so a decomposed "e" + U+0301 reads as "é"), every Unicode space and dash as its
+ASCII form, other-script digits as ASCII digits, zero-width characters and soft hyphens dropped
+— with each position mapped back to the original, so a finding (and a redaction) still points at the
 characters the user wrote.
 
 Also the two cheap views the detectors gate on: `shape` (digits → "0", A–Z → "A", a–z → "a",
@@ -40,7 +41,8 @@ _GATE_BYTES = bytes(32 if chr(b).isdigit() else c for b, c in enumerate(_WORD_BY
 _WORD_MAP = str.maketrans({c: " " for c in _PUNCTUATION})
 
 
-def _replacement(ch: str) -> str:
+def _fold(ch: str) -> str:
+    """One character of NFKC's output in its ASCII form where it has one."""
     if ch in _DROPPED:
         return ""
     if ch in _DASHES:
@@ -50,11 +52,22 @@ def _replacement(ch: str) -> str:
         return " "
     if category == "Nd":
         return str(unicodedata.decimal(ch))
-    out = unicodedata.normalize("NFKC", ch)
-    # NFKC leaves some dashes and spaces it produces (e.g. from compatibility forms) as is.
-    return "".join(
-        "-" if c in _DASHES else " " if unicodedata.category(c) == "Zs" else c for c in out
-    )
+    return ch
+
+
+def _replacement(chars: str) -> str:
+    """One character, or a base character with the combining marks after it, normalised."""
+    if len(chars) == 1:
+        folded = _fold(chars)
+        if folded != chars:
+            return folded
+    # NFKC on the whole cluster: "e" + U+0301 (as macOS pastes "é") composes to "é" only
+    # when the two are normalised together.
+    return "".join(_fold(c) for c in unicodedata.normalize("NFKC", chars))
+
+
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch)[0] == "M"
 
 
 class Hit(NamedTuple):
@@ -88,11 +101,12 @@ class ScanText:
 
     text: str
     """Normalised text; detectors report positions in it."""
-    # Breakpoints of the position map: normalised start → (original start, linear). A linear
-    # segment maps one to one; a non-linear one (a character that became several, or none)
-    # maps every position to the same original character.
+    # Breakpoints of the position map: normalised start → (original start, width). Width 0:
+    # a linear segment, mapping one to one. Otherwise the segment (a character that became
+    # several, or a base character and its marks that became one) maps every position to the
+    # `width` original characters it came from.
     _norm_starts: list[int] = field(default_factory=list)
-    _segments: list[tuple[int, int, bool]] = field(default_factory=list)
+    _segments: list[tuple[int, int, int]] = field(default_factory=list)
     original_length: int = 0
     _low: str | None = None
     _shape: str | None = None
@@ -151,12 +165,16 @@ class ScanText:
         """The original text's span for the normalised span [start, end)."""
         if not self._segments:
             return start, end
-        return self._at(start), self._at(end - 1) + 1 if end > start else self._at(start)
+        first = self._at(start)
+        if end <= start:
+            return first, first
+        norm_start, orig_start, width = self._segments[bisect_right(self._norm_starts, end - 1) - 1]
+        return first, orig_start + (end - norm_start if width == 0 else width)
 
     def _at(self, pos: int) -> int:
         i = bisect_right(self._norm_starts, pos) - 1
-        norm_start, orig_start, linear = self._segments[i]
-        return orig_start + (pos - norm_start) if linear else orig_start
+        norm_start, orig_start, width = self._segments[i]
+        return orig_start + (pos - norm_start) if width == 0 else orig_start
 
 
 def normalize(text: str) -> ScanText:
@@ -165,29 +183,35 @@ def normalize(text: str) -> ScanText:
         return ScanText(text, original_length=len(text))
     parts: list[str] = []
     norm_starts: list[int] = []
-    segments: list[tuple[int, int, bool]] = []
+    segments: list[tuple[int, int, int]] = []
     norm = orig = 0
     for m in _NON_ASCII.finditer(text):
-        if m.start() > orig:  # the ASCII run before it maps one to one
+        start, end = m.span()
+        # A combining mark after an ASCII letter composes with it: the letter joins the run.
+        if start > orig and _is_mark(text[start]):
+            start -= 1
+        if start > orig:  # the ASCII run before it maps one to one
             norm_starts.append(norm)
-            segments.append((norm, orig, True))
-            parts.append(text[orig : m.start()])
-            norm += m.start() - orig
-        for i in range(m.start(), m.end()):
-            rep = _replacement(text[i])
-            if len(rep) == 1:
+            segments.append((norm, orig, 0))
+            parts.append(text[orig:start])
+            norm += start - orig
+        i = start
+        while i < end:
+            j = i + 1
+            while j < end and _is_mark(text[j]):
+                j += 1
+            rep = _replacement(text[i:j])
+            if rep:
                 norm_starts.append(norm)
-                segments.append((norm, i, True))
-            elif rep:
-                norm_starts.append(norm)
-                segments.append((norm, i, False))
+                segments.append((norm, i, 0 if len(rep) == j - i else j - i))
             parts.append(rep)
             norm += len(rep)
-        orig = m.end()
+            i = j
+        orig = end
     if orig < len(text):
         norm_starts.append(norm)
-        segments.append((norm, orig, True))
+        segments.append((norm, orig, 0))
         parts.append(text[orig:])
     if not segments:
-        segments, norm_starts = [(0, 0, True)], [0]
+        segments, norm_starts = [(0, 0, 0)], [0]
     return ScanText("".join(parts), norm_starts, segments, original_length=len(text))

@@ -5,11 +5,12 @@
     python -m scripts.privacycorpus            # rewrites the file (seeded: same file each run)
 
 Each row: {"messages": [{"role", "content"}...], "private": true|false, "kind": "<family>",
-"case": "<what it is>"}. Half the rows are private; the other half are look-alikes of the same
+"sub": "<sub-kind>" (national ids, tokens and key blocks), "case": "<what it is>"}. The private
+rows of those three families go round-robin over every sub-kind, so each one is present. Half the rows are private; the other half are look-alikes of the same
 families (reserved domains, fictional numbers, bad checksums, ISBNs, placeholders, UUIDs,
 hashes, versions, timestamps, general questions). The private value sits in the last user
 message, an earlier turn or the system prompt, and a share of rows write it with Unicode
-spaces, dashes, full-width characters or zero-width characters.
+spaces, dashes, full-width characters, zero-width characters or decomposed accents.
 
 Identifiers get valid check digits from the same formulas the libraries check (python-stdnum
 helpers where it has them, else rejection sampling against stdnum's `is_valid`).
@@ -21,6 +22,7 @@ import json
 import random
 import string
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,19 +105,21 @@ def iban_number() -> str:
     return value if std_iban.is_valid(value) else iban_number()
 
 
-def national_id() -> tuple[str, str]:
-    """(sentence, what it is) with a valid id and the words people write near it."""
-    kind = R.choice(
-        ["ssn", "itin", "nino", "idnr", "nir", "dni", "nie", "cf", "bsn", "aadhaar", "pan",
-         "sin", "tfn", "cpf", "passport"]
-    )  # fmt: skip
+ID_KINDS = ("ssn", "itin", "nino", "idnr", "nir", "dni", "nie", "cf", "bsn", "aadhaar", "pan",
+            "sin", "tfn", "cpf", "passport")  # fmt: skip
+
+
+def national_id(kind: str) -> str:
+    """A sentence with a valid id of this kind and the words people write near it."""
     if kind == "ssn":
         v = until(ssn.is_valid, lambda: f"{R.randint(1, 665):03d}-{R.randint(1, 99):02d}-"
                   f"{R.randint(1, 9999):04d}")
-        return R.choice([f"My SSN is {v}.", f"social security number: {v}", f"SSN {v}"]), kind
+        v = v.replace("-", " ") if R.random() < 0.3 else v  # as some forms print it
+        return R.choice([f"My SSN is {v}.", f"social security number: {v}", f"SSN {v}"])
     if kind == "itin":
         v = until(itin.is_valid, lambda: f"9{digits(2)}-{R.randint(70, 88)}-{digits(4)}")
-        return f"my ITIN is {v}", kind
+        v = v.replace("-", " ") if R.random() < 0.3 else v
+        return f"my ITIN is {v}"
     if kind == "nino":
         v = R.choice("ABCEGHJKLMNPRSTWXYZ") + R.choice("ABCEGHJKLMNPRSTWXYZ") + digits(6) + \
             R.choice("ABCD")
@@ -123,71 +127,77 @@ def national_id() -> tuple[str, str]:
             v = "AB" + v[2:]
         spaced = R.random() < 0.5
         w = f"{v[:2]} {v[2:4]} {v[4:6]} {v[6:8]} {v[8]}" if spaced else v
-        return R.choice([f"My NI number is {w}", f"National Insurance number: {w}"]), kind
+        return R.choice([f"My NI number is {w}", f"National Insurance number: {w}"])
     if kind == "idnr":
         v = until(idnr.is_valid, lambda: str(R.randint(1, 9)) + digits(10))
-        return R.choice([f"Meine Steuer-ID ist {v}", f"my German tax id: {v}"]), kind
+        return R.choice([f"Meine Steuer-ID ist {v}", f"my German tax id: {v}"])
     if kind == "nir":
         def make() -> str:
             body = R.choice("12") + digits(2) + f"{R.randint(1, 12):02d}" + digits(8)
             return body + f"{97 - int(body) % 97:02d}"
         v = until(nir.is_valid, make)
-        return f"numéro de sécurité sociale {group(v, [1, 2, 2, 2, 3, 3], ' ')}", kind
+        return f"numéro de sécurité sociale {group(v, [1, 2, 2, 2, 3, 3], ' ')}"
     if kind == "dni":
         n = digits(8)
         v = n + "TRWAGMYFPDXBNJZSQVHLCKE"[int(n) % 23]
-        return R.choice([f"mi DNI es {v}", f"DNI: {v}"]), kind
+        return R.choice([f"mi DNI es {v}", f"DNI: {v}"])
     if kind == "nie":
         v = until(nie.is_valid, lambda: R.choice("XYZ") + digits(7) + R.choice(string.ascii_uppercase))
-        return f"NIE {v}", kind
+        return f"NIE {v}"
     if kind == "cf":
         body = "".join(R.choice(string.ascii_uppercase) for _ in range(6)) + digits(2) + \
             R.choice("ABCDEHLMPRST") + f"{R.randint(1, 28):02d}" + R.choice("ABCDEFGHLM") + digits(3)
         v = body + codicefiscale.calc_check_digit(body)
-        return f"il mio codice fiscale è {v}", kind
+        return f"il mio codice fiscale è {v}"
     if kind == "bsn":
         v = until(bsn.is_valid, lambda: digits(9))
-        return R.choice([f"mijn BSN is {v}", f"BSN: {v}"]), kind
+        return R.choice([f"mijn BSN is {v}", f"BSN: {v}"])
     if kind == "aadhaar":
         b = str(R.randint(2, 9)) + digits(10)
         v = b + verhoeff.calc_check_digit(b)
-        return f"Aadhaar {group(v, [4, 4, 4], ' ')}", kind
+        return f"Aadhaar {group(v, [4, 4, 4], ' ')}"
     if kind == "pan":
         v = "".join(R.choice(string.ascii_uppercase) for _ in range(3)) + R.choice("PCHFAT") + \
             R.choice(string.ascii_uppercase) + digits(4) + R.choice(string.ascii_uppercase)
-        return f"my PAN is {v}", kind
+        return f"my PAN is {v}"
     if kind == "sin":
         b = str(R.randint(1, 7)) + digits(7)
         v = b + luhn.calc_check_digit(b)
-        return f"SIN: {group(v, [3, 3, 3], ' ')}", kind
+        return f"SIN: {group(v, [3, 3, 3], ' ')}"
     if kind == "tfn":
         v = until(tfn.is_valid, lambda: digits(9))
-        return f"my tax file number (TFN) is {group(v, [3, 3, 3], ' ')}", kind
+        return f"my tax file number (TFN) is {group(v, [3, 3, 3], ' ')}"
     if kind == "cpf":
         b = digits(9)
         v = b + cpf._calc_check_digits(b)
-        return f"CPF {v[:3]}.{v[3:6]}.{v[6:9]}-{v[9:]}", kind
+        return f"CPF {v[:3]}.{v[3:6]}.{v[6:9]}-{v[9:]}"
     v = R.choice(string.ascii_uppercase) + digits(8)
-    return R.choice([f"passport number {v}", f"my passport: {v}"]), kind
+    return R.choice([f"passport number {v}", f"my passport: {v}"])
 
 
-def token() -> tuple[str, str]:
+TOKEN_KINDS = ("aws_akia", "aws_asia", "aws_secret", "google", "stripe_sk", "stripe_rk",
+               "github_ghp", "github_gho", "github_ghs", "gitlab", "npm", "pypi", "hf", "slack",
+               "twilio", "sendgrid", "openai", "anthropic", "jwt", "azure")  # fmt: skip
+
+
+def token(kind: str) -> str:
+    """A sentence with a live-looking token of this kind."""
     alnum = string.ascii_letters + string.digits
 
     def rnd(n: int, chars: str = alnum) -> str:
         return "".join(R.choice(chars) for _ in range(n))
 
-    kind = R.choice(
-        ["aws", "aws_secret", "google", "stripe", "github", "gitlab", "npm", "pypi", "hf",
-         "slack", "twilio", "sendgrid", "openai", "anthropic", "jwt", "azure"]
-    )  # fmt: skip
     up = string.ascii_uppercase + string.digits
     value = {
-        "aws": lambda: R.choice(["AKIA", "ASIA"]) + rnd(16, up),
+        "aws_akia": lambda: "AKIA" + rnd(16, up),
+        "aws_asia": lambda: "ASIA" + rnd(16, up),
         "aws_secret": lambda: rnd(40, alnum + "/+"),
         "google": lambda: "AIza" + rnd(35, alnum + "_-"),
-        "stripe": lambda: R.choice(["sk_live_", "rk_live_"]) + rnd(24),
-        "github": lambda: R.choice(["ghp_", "gho_", "ghs_"]) + rnd(36),
+        "stripe_sk": lambda: "sk_live_" + rnd(24),
+        "stripe_rk": lambda: "rk_live_" + rnd(24),
+        "github_ghp": lambda: "ghp_" + rnd(36),
+        "github_gho": lambda: "gho_" + rnd(36),
+        "github_ghs": lambda: "ghs_" + rnd(36),
         "gitlab": lambda: "glpat-" + rnd(20, alnum + "_-"),
         "npm": lambda: "npm_" + rnd(36),
         "pypi": lambda: "pypi-AgEIcHlwaS5vcmc" + rnd(50, alnum + "_-"),
@@ -202,22 +212,21 @@ def token() -> tuple[str, str]:
         "azure": lambda: rnd(86, alnum + "+/") + "==",
     }[kind]()
     if kind == "aws_secret":
-        return f"aws_secret_access_key = {value}", kind
+        return f"aws_secret_access_key = {value}"
     if kind == "azure":
         return (f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={value};"
-                "EndpointSuffix=core.windows.net"), kind
+                "EndpointSuffix=core.windows.net")
     return R.choice(
         [f"Why does {value} fail?", f"export TOKEN={value}", f"my key is {value}",
          f"here: {value}", f"config: api_key: {value}"]
-    ), kind  # fmt: skip
+    )  # fmt: skip
 
 
-PEM_KINDS = ["RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY",
-             "ENCRYPTED PRIVATE KEY", "PGP PRIVATE KEY BLOCK", "DSA PRIVATE KEY"]
+PEM_KINDS = ("RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY",
+             "ENCRYPTED PRIVATE KEY", "PGP PRIVATE KEY BLOCK", "DSA PRIVATE KEY")
 
 
-def pem() -> str:
-    k = R.choice(PEM_KINDS)
+def pem(k: str) -> str:
     body = "".join(R.choice(string.ascii_letters + string.digits + "+/") for _ in range(64))
     return f"-----BEGIN {k}-----\n{body}\n-----END {k}-----"
 
@@ -401,6 +410,13 @@ def lookalike(kind: str) -> str:
 
 # --- rows --------------------------------------------------------------------------------------
 
+# Families whose rows go round-robin over every sub-kind (recorded in the row's "sub"): drawn at
+# random, a few hundred rows left some out (no Aadhaar, no JWT, no AWS ASIA key).
+SUBKINDS: dict[str, tuple[str, ...]] = {
+    "national_id": ID_KINDS,
+    "api_token": TOKEN_KINDS,
+    "private_key": PEM_KINDS,
+}
 MAKERS: dict[str, Callable[[], str]] = {
     "email": email,
     "phone": phone,
@@ -410,21 +426,27 @@ MAKERS: dict[str, Callable[[], str]] = {
     "iban": lambda: R.choice(["pay to ", "IBAN: ", "my account "]) + (
         lambda v: group(v, [4] * 8, " ") if R.random() < 0.6 else v
     )(iban_number()),
-    "national_id": lambda: national_id()[0],
-    "api_token": lambda: token()[0],
-    "private_key": pem,
     "password": password,
     "credential_url": credential_url,
     "address": address,
     "birth_date": birth_date,
     "sensitive": sensitive,
 }
+SUB_MAKERS: dict[str, Callable[[str], str]] = {
+    "national_id": national_id,
+    "api_token": token,
+    "private_key": pem,
+}
+FAMILIES = ("email", "phone", "card", "iban", "national_id", "api_token", "private_key",
+            "password", "credential_url", "address", "birth_date", "sensitive")  # fmt: skip
 ZW = "\u200b"
 
 
 def unicode_variant(text: str) -> tuple[str, str]:
     """The same text as pasted from somewhere else."""
-    how = R.choice(["nbsp", "fullwidth", "zero-width", "en-dash"])
+    how = R.choice(["nbsp", "fullwidth", "zero-width", "en-dash", "decomposed"])
+    if how == "decomposed":  # accents as separate marks, as macOS pastes them
+        return unicodedata.normalize("NFD", text), how
     if how == "nbsp":
         return text.replace(" ", "\u00a0"), how
     if how == "fullwidth":
@@ -434,7 +456,7 @@ def unicode_variant(text: str) -> tuple[str, str]:
     return text.replace("-", "\u2013"), how
 
 
-def row(kind: str, text: str, private: bool, case: str) -> dict[str, object]:
+def row(kind: str, text: str, private: bool, case: str, sub: str = "") -> dict[str, object]:
     where = R.choice(["last", "last", "earlier", "system"])
     q = R.choice(QUESTIONS)
     if where == "last":
@@ -450,18 +472,23 @@ def row(kind: str, text: str, private: bool, case: str) -> dict[str, object]:
             {"role": "system", "content": f"You assist {R.choice(NAMES)}. Context: {text}"},
             {"role": "user", "content": q},
         ]
-    return {"messages": messages, "private": private, "kind": kind,
-            "case": f"{case} ({where})"}
+    out: dict[str, object] = {"messages": messages, "private": private, "kind": kind}
+    if sub:
+        out["sub"] = sub
+    out["case"] = f"{case} ({where})"
+    return out
 
 
 def build(per_kind: int = 44) -> list[dict[str, object]]:
     rows = []
-    for kind, make in MAKERS.items():
+    for kind in FAMILIES:
+        subs = SUBKINDS.get(kind, ("",))
         for i in range(per_kind):
-            text, case = make(), "plain"
+            sub = subs[i % len(subs)]
+            text, case = (SUB_MAKERS[kind](sub) if sub else MAKERS[kind]()), "plain"
             if i % 4 == 3:
                 text, case = unicode_variant(text)
-            rows.append(row(kind, text, True, case))
+            rows.append(row(kind, text, True, case, sub))
             rows.append(row(kind, lookalike(kind), False, "look-alike"))
     return rows
 

@@ -143,6 +143,32 @@ def test_unicode_spaces_dashes_and_wide_forms_are_read_as_ascii(kind: str, text:
     assert Finding(kind, 1) in PrivacyScanner().scan_texts([text])
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["SSN: 536 22 8726", "my social security number is 536 22 8726", "ITIN 912 78 1234"],
+)
+def test_us_ids_grouped_with_spaces_are_found(text: str) -> None:
+    """stdnum's compact() for SSN and ITIN strips dashes only: spaces must go first."""
+    assert PrivacyScanner().scan_texts([text]) == [Finding("national_id", 1)]
+
+
+def test_a_decomposed_accent_reads_like_the_composed_one() -> None:
+    """macOS pastes "né" as "ne" + U+0301: NFKC must see the letter and its mark together."""
+    composed = "je suis n\u00e9 le 3 mars 1980"
+    decomposed = "je suis ne\u0301 le 3 mars 1980"
+    scanner = PrivacyScanner()
+    assert scanner.scan_texts([composed]) == [Finding("birth_date", 1)]
+    assert scanner.scan_texts([decomposed]) == [Finding("birth_date", 1)]
+
+
+def test_a_span_over_a_decomposed_character_covers_its_marks() -> None:
+    # Redaction replaces the span: a mark left behind would ride on the placeholder.
+    scanner = PrivacyScanner(terms=["Jos\u00e9", "Ren\u00e9e"])
+    for text, name in [("ask Jose\u0301 today", "Jose\u0301"), ("Rene\u0301e", "Rene\u0301e")]:
+        [span] = scanner.spans([text])
+        assert text[span.start : span.end] == name
+
+
 def test_spans_point_at_the_original_characters() -> None:
     text = "x ４１１１\u00a0１１１１\u00a0１１１１\u00a0１１１１ y"
     [span] = PrivacyScanner().spans([text])
