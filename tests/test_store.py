@@ -36,6 +36,7 @@ EXPECTED_SCHEMA = {
     "migrations": ["name", "applied_at"],
     "answer_parts": ["message_id", "reasoning", "thinking_s", "reasoning_tokens", "tool_calls"],
     "conversation_thinking": ["conversation_id", "think"],
+    "conversation_tools": ["conversation_id", "server", "enabled"],
     "routes": [
         "message_id",
         "backend",

@@ -14,6 +14,7 @@ from router.protocol import (
     ModelError,
     Overloaded,
     Sampling,
+    Tool,
     ToolCall,
     Unauthorized,
     Unavailable,
@@ -34,10 +35,13 @@ def build_request(
     max_tokens: int,
     parts: dict[int, AnswerParts] | None = None,
     think: bool | None = None,
+    tools: tuple[Tool, ...] = (),
 ) -> ChatRequest:
     """The request for the next answer: the system prompt, then every user message and every
     answer that has text (failed and empty answers are left out), each answer with its
-    reasoning (`parts`; the model's template decides whether that is sent again)."""
+    reasoning (`parts`; the model's template decides whether that is sent again) and the tool
+    calls the chat ran for it, with their results, before its text. `tools`: what the model
+    may call now (the conversation's MCP tools)."""
     messages: list[Message] = []
     parts = parts or {}
     if conv.system_prompt:
@@ -47,14 +51,20 @@ def build_request(
         if msg.role == "user":
             messages.append(Message("user", msg.content))
         elif answer:
-            reasoning = parts[msg.id].reasoning if msg.id in parts else ""
-            messages.append(Message("assistant", msg.content, reasoning=reasoning))
+            part = parts.get(msg.id, AnswerParts())
+            ran = [c for c in part.tool_calls if "result" in c]
+            if ran:
+                calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in ran)
+                messages.append(Message("assistant", "", tool_calls=calls))
+                messages += [Message("tool", c["result"], tool_call_id=c["id"]) for c in ran]
+            messages.append(Message("assistant", msg.content, reasoning=part.reasoning))
     return ChatRequest(
         messages=tuple(messages),
         sampling=Sampling(max_tokens=max_tokens),
         adapter=conv.adapter or None,
         conversation_id=conv.id,
         think=think,
+        tools=tools,
     )
 
 
@@ -114,16 +124,21 @@ class PartsCollector:
     def __init__(self) -> None:
         self.reasoning: list[str] = []
         self.calls: list[ToolCall] = []
+        self.results: dict[str, str] = {}
 
     def add_reasoning(self, text: str) -> None:
         self.reasoning.append(text)
 
     def restart(self) -> None:
         """The answer started over on the other side (it failed while thinking)."""
-        self.reasoning, self.calls = [], []
+        self.reasoning, self.calls, self.results = [], [], {}
 
     def add_call(self, call: ToolCall) -> None:
         self.calls.append(call)
+
+    def add_result(self, call_id: str, result: str) -> None:
+        """What the model read back for one of its calls (the chat ran it)."""
+        self.results[call_id] = result
 
     def parts(self, final: Final | None) -> AnswerParts:
         usage = final.usage if final is not None else None
@@ -136,6 +151,8 @@ class PartsCollector:
             thinking_s=thinking_s if self.reasoning else None,
             reasoning_tokens=usage.reasoning_tokens if usage else 0,
             tool_calls=tuple(
-                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.calls
+                {"id": c.id, "name": c.name, "arguments": c.arguments}
+                | ({"result": self.results[c.id]} if c.id in self.results else {})
+                for c in self.calls
             ),
         )

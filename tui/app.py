@@ -114,6 +114,12 @@ class TandemApp(App[None]):
 
         self.first_paint_at = time.time()
         self.boot()
+        self.start_tools()
+
+    @work(group="tools")
+    async def start_tools(self) -> None:
+        """Start the MCP servers beside the model's load (answers wait for both)."""
+        await self.session.start_tools()
 
     @work(exclusive=True, group="boot")
     async def boot(self, model: str | None = None) -> None:

@@ -34,6 +34,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("router", "tui.commands.router", "calibrate and explain routing decisions", "desktop"),
     Command("privacy", "tui.commands.privacy", "check the privacy scanner on your data", "desktop"),
     Command("models", "tui.commands.models", "pull, list, pick and quantize models", "desktop"),
+    Command("mcp", "tui.commands.mcp", "the chat's tools: list MCP servers and their tools",
+            "desktop"),
 )
 
 # Third-party packages whose absence means "install the extra", not "tandem has a bug".
@@ -52,6 +54,7 @@ OPTIONAL_PACKAGES = frozenset(
         "multipart",
         "phonenumbers",
         "stdnum",
+        "mcp",
     }
 )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from router.protocol import TandemError
+from tui.mcp.config import McpConfigError, McpServerSpec, parse_servers
 from tui.paths import paths
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
 MODES = ("auto", "local-only", "cloud-preferred")
 PRIVACY_ACTIONS = ("keep-local", "redact")
 _REGION = re.compile(r"^[A-Za-z]{2}$")
+NO_ENV = frozenset({"mcp"})
+"""Settings that are tables, which an environment variable cannot hold."""
 
 
 class ConfigError(TandemError):
@@ -69,6 +72,9 @@ class Config:
     this device) or redact (send it with placeholders; the real values are put back here)."""
     max_tokens: int = 512
     """The longest answer the chat asks for, in tokens."""
+    mcp: dict[str, Any] = field(default_factory=dict)
+    """MCP servers whose tools the chat offers the model: `[mcp.servers.NAME]` tables
+    (tui/mcp/config.py; no `TANDEM_*` variable sets them)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -90,6 +96,15 @@ class Config:
             raise ConfigError("context_window must not be negative")
         if self.max_tokens < 1:
             raise ConfigError("max_tokens must be at least 1")
+        try:
+            parse_servers(self.mcp)
+        except McpConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    @property
+    def mcp_servers(self) -> tuple[McpServerSpec, ...]:
+        """The declared MCP servers, checked."""
+        return parse_servers(self.mcp)
 
 
 def _coerce(name: str, value: str, kind: Any) -> Any:
@@ -127,6 +142,8 @@ def load_config(path: Path | None = None) -> Config:
     """Read the config file (missing is fine: defaults), then apply TANDEM_* overrides."""
     values = _read_file(path or paths().config_file)
     for f in fields(Config):
+        if f.name in NO_ENV:
+            continue
         env = os.environ.get(f"TANDEM_{f.name.upper()}")
         if env is not None:
             values[f.name] = _coerce(f.name, env, f.type)

@@ -103,10 +103,28 @@ def m004_conversation_thinking(db: sqlite3.Connection) -> None:
     )
 
 
+def m005_conversation_tools(db: sqlite3.Connection) -> None:
+    # Which MCP servers' tools a conversation offers the model (F11): 1 on, 0 off; no row:
+    # the server's `enabled` in config.toml. An answer's tool results live in
+    # answer_parts.tool_calls (a "result" beside each call's arguments).
+    _run(
+        db,
+        """
+        CREATE TABLE conversation_tools (
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            server TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, server)
+        )
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial,
     m002_answer_writers,
     m003_answer_parts,
     m004_conversation_thinking,
+    m005_conversation_tools,
 )
 """Applied in order; each one's function name is recorded in the `migrations` table."""

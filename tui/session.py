@@ -8,8 +8,9 @@ model) run on daemon threads, which report back through the loop.
     boot()          build the composition (pull the default model first when none is
                     configured and none is on this machine), then load the model
     switch_model()  close the composition it built and boot on another model
+    start_tools()   start the MCP servers the config declares (beside the model's load)
     stream()        one answer's events, from the router
-    aclose()        stop polling the cloud and close what it built
+    aclose()        stop polling the cloud, stop the MCP servers, close what it built
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from tui.compose import (
     router_settings,
 )
 from tui.config import Config
+from tui.mcp.hub import McpHub
+from tui.mcp.permissions import Permissions
 from tui.paths import paths
 from tui.store import Conversation
 from tui.threads import in_daemon_thread
@@ -102,6 +105,11 @@ class ChatSession:
         self._loading_since = time.monotonic()
         self._pulling = ""
         self._poller: asyncio.Task[None] | None = None
+        self.tools = McpHub(config.mcp_servers, log_file=paths().logs_dir / "mcp.log")
+        """The user's MCP servers; their tools run on this device, each call asked for."""
+        self.permissions = Permissions()
+        self.tools_started = asyncio.Event()
+        """Set once every enabled MCP server is ready or failed (at once when none is)."""
 
     # --- state ---
 
@@ -218,6 +226,27 @@ class ChatSession:
             self._set(local=self._pulling or f"loading… {seconds:.0f}s")
             await asyncio.sleep(LOADING_TICK_S)
 
+    # --- tools ---
+
+    async def start_tools(self) -> None:
+        """Start the enabled MCP servers; a server that fails says so once (the chat goes on
+        without its tools). Never raises."""
+        try:
+            await self.tools.start()
+            for state in self.tools.states():
+                if state.status == "failed":
+                    self._on_note(f"MCP server {state.name!r} did not start: {state.detail}. "
+                                  "`tandem mcp list` shows why; its tools are off.", "warning")
+        finally:
+            self.tools_started.set()
+
+    def tool_servers(self, choices: dict[str, bool]) -> list[str]:
+        """The servers a conversation uses: its own choices (F11), else config.toml's."""
+        return [
+            name for name in self.tools.names
+            if choices.get(name, bool((spec := self.tools.spec(name)) and spec.enabled))
+        ]
+
     # --- the cloud ---
 
     def _poll_cloud(self) -> None:
@@ -323,8 +352,9 @@ class ChatSession:
         await self.boot()
 
     async def aclose(self) -> None:
-        """Stop polling and close the composition the session built. Quitting does not wait
-        for a model still loading, nor longer than CLOSE_TIMEOUT_S."""
+        """Stop polling and the MCP servers, and close the composition the session built.
+        Quitting does not wait for a model still loading, nor longer than CLOSE_TIMEOUT_S."""
+        await self.tools.aclose()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -1,6 +1,7 @@
 """An answer's reasoning and tool calls in the conversation store, kept apart from its text
 (migration m003_answer_parts): the text is what goes back to the model, exports and search;
-the reasoning is shown collapsed and sent back only as the model's template decides."""
+the reasoning is shown collapsed and sent back only as the model's template decides.
+Also each conversation's switches: thinking (m004) and its MCP servers (m005)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class AnswerParts:
     thinking_s: float | None = None
     reasoning_tokens: int = 0
     tool_calls: tuple[dict[str, str], ...] = ()
-    """Each {"id", "name", "arguments"} (arguments as JSON text)."""
+    """Each {"id", "name", "arguments"} (arguments as JSON text), and "result" once the chat
+    ran it (what the model read back)."""
 
 
 class PartsStore:
@@ -60,6 +62,20 @@ class PartsStore:
                 "INSERT OR REPLACE INTO conversation_thinking VALUES (?, ?)",
                 (conversation_id, int(think)),
             )
+
+    def tool_servers(self, conversation_id: str) -> dict[str, bool]:
+        """The conversation's own choices of MCP servers (F11); others follow config.toml."""
+        rows = self._db.execute(
+            "SELECT server, enabled FROM conversation_tools WHERE conversation_id = ?",
+            (conversation_id,),
+        )
+        return {r["server"]: bool(r["enabled"]) for r in rows}
+
+    def set_tool_servers(self, conversation_id: str, choices: dict[str, bool]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO conversation_tools VALUES (?, ?, ?)",
+            [(conversation_id, server, int(on)) for server, on in choices.items()],
+        )
 
     def parts_of(self, conversation_id: str) -> dict[int, AnswerParts]:
         """Every answer's parts in a conversation, by message id (one query)."""

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,13 +24,17 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker
 
-from router.protocol import Final, ReasoningDelta, Routed, TextDelta, ToolCall
+from router.protocol import Final, ReasoningDelta, Routed, StreamEvent, TextDelta, ToolCall
 from tui.answering import PartialSaver, PartsCollector, build_request, describe_error
 from tui.collector import defer_full_collections
 from tui.export import export_conversation
+from tui.mcp.hub import McpTool
+from tui.mcp.permissions import Decision
 from tui.paths import paths
 from tui.screens.dialogs import Confirm, RouteRecord, SearchDialog, TextPrompt
+from tui.screens.tools import ToolPermission, ToolServers
 from tui.store import Conversation, MessageStatus, Store, StoredMessage
+from tui.toolround import MAX_ROUNDS, AnswerRound, continue_with_results, run_tool_calls
 from tui.widgets.composer import Composer
 from tui.widgets.sidebar import ConversationList
 from tui.widgets.status import StatusBar
@@ -64,6 +69,7 @@ BINDINGS: list[BindingType] = [
     Binding("f7", "toggle_local_only", "Local-only pin", priority=True),
     Binding("f9", "app.switch_model", "Switch model"),
     Binding("f10", "cycle_thinking", "Thinking on/off/default", priority=True),
+    Binding("f11", "tool_servers", "Tools (MCP)", priority=True),
 ]
 
 
@@ -213,36 +219,25 @@ class ChatScreen(Screen[None]):
                 # With a cloud the router may answer there at once; otherwise wait here.
                 if not session.may_use_cloud(conv):
                     await session.ready.wait()
+            tools = await self._tools_for(conv, view)
             request = build_request(conv, history, max_tokens=session.config.max_tokens,
-                                    parts=store.parts_of(conv.id), think=store.thinking(conv.id))
-            stream = session.stream(conv, request, side)
-            async with contextlib.aclosing(stream) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        saver.add(event.text)
-                        await view.append(event.text)
-                    elif isinstance(event, ReasoningDelta):
-                        collected.add_reasoning(event.text)
-                        await view.append_reasoning(event.text)
-                    elif isinstance(event, ToolCall):
-                        collected.add_call(event)
-                        await view.add_tool_call(event.id, event.name, event.arguments)
-                    elif isinstance(event, Routed):
-                        # Before the first token: where it goes and why; mid-stream: a failover.
-                        route = event.route
-                        if route.restarted:
-                            collected.restart()
-                            view.restart_reasoning()
-                        if route.failover:
-                            view.set_waiting(f"↪ {route.failover}")
-                            continue
-                        waiting = route.backend == "local" and not session.ready.is_set()
-                        view.set_waiting(
-                            (f"{WAITING} " if waiting else "")
-                            + f"→ {side_name(route.backend)}: {route.reason}"
-                        )
-                    elif isinstance(event, Final):
-                        final = event
+                                    parts=store.parts_of(conv.id), think=store.thinking(conv.id),
+                                    tools=tuple(t.to_tool() for t in tools))
+            for round_ in range(MAX_ROUNDS + 1):
+                said = AnswerRound()
+                final = await self._stream_round(session.stream(conv, request, side), view,
+                                                 saver, collected, said)
+                ran_out = round_ == MAX_ROUNDS
+                if ran_out or not (request.tools and said.calls and final is not None
+                                   and final.finish_reason == "tool_calls"):
+                    break
+                # The model called tools: run them here (asking first), then let it go on.
+                outcomes = await run_tool_calls(said.calls, session.tools,
+                                                session.permissions, self._ask_permission)
+                for outcome in outcomes:
+                    collected.add_result(outcome.call.id, outcome.result)
+                    view.set_tool_result(outcome.call.id, outcome.result)
+                request = continue_with_results(request, said.text, said.reasoning, outcomes)
             if final is not None and final.finish_reason == "cancelled":
                 status = "cancelled"
         except asyncio.CancelledError:
@@ -262,6 +257,66 @@ class ChatScreen(Screen[None]):
         finally:
             # Once the last words are on screen, the collector may take its pause.
             self.call_after_refresh(resume_collections)
+
+    async def _stream_round(
+        self,
+        stream: AsyncGenerator[StreamEvent, None],
+        view: MessageView,
+        saver: PartialSaver,
+        collected: PartsCollector,
+        said: AnswerRound,
+    ) -> Final | None:
+        """Show one round of an answer as it streams; its Final (None if none came)."""
+        final: Final | None = None
+        async with contextlib.aclosing(stream) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    saver.add(event.text)
+                    said.text += event.text
+                    await view.append(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    collected.add_reasoning(event.text)
+                    said.reasoning += event.text
+                    await view.append_reasoning(event.text)
+                elif isinstance(event, ToolCall):
+                    collected.add_call(event)
+                    said.calls.append(event)
+                    await view.add_tool_call(event.id, event.name, event.arguments)
+                elif isinstance(event, Routed):
+                    # Before the first token: where it goes and why; mid-stream: a failover.
+                    route = event.route
+                    if route.restarted:
+                        collected.restart()
+                        said.restart()
+                        view.restart_reasoning()
+                    if route.failover:
+                        view.set_waiting(f"↪ {route.failover}")
+                        continue
+                    waiting = route.backend == "local" and not self.session.ready.is_set()
+                    view.set_waiting(
+                        (f"{WAITING} " if waiting else "")
+                        + f"→ {side_name(route.backend)}: {route.reason}"
+                    )
+                elif isinstance(event, Final):
+                    final = event
+        return final
+
+    async def _tools_for(self, conv: Conversation, view: MessageView) -> list[McpTool]:
+        """The MCP tools this conversation offers (waiting for servers still starting)."""
+        session = self.session
+        if not session.tools.names:
+            return []
+        if not session.tools_started.is_set():
+            view.set_waiting("⏳ starting MCP servers…")
+            await session.tools_started.wait()
+            view.set_waiting("")
+        return list(session.tools.tools(session.tool_servers(self.store.tool_servers(conv.id))))
+
+    async def _ask_permission(self, tool: McpTool, call: ToolCall) -> Decision:
+        """Ask the user whether this call may run (from the answer's worker)."""
+        return await self.app.push_screen_wait(
+            ToolPermission(tool.server, tool.remote, call.arguments)
+        )
 
     async def cancel_answer(self) -> None:
         """Stop the answer that is streaming, if any (its partial text is kept, marked)."""
@@ -465,6 +520,25 @@ class ChatScreen(Screen[None]):
         self.notify({True: "Thinking on for this conversation.",
                      False: "Thinking off for this conversation.",
                      None: "Thinking: the model's default."}[after])
+
+    @work
+    async def action_tool_servers(self) -> None:
+        """F11: which MCP servers' tools this conversation offers the model."""
+        assert self.conversation is not None
+        conv_id, session = self.conversation.id, self.session
+        on = session.tool_servers(self.store.tool_servers(conv_id))
+        choices = await self.app.push_screen_wait(ToolServers(session.tools.states(), on))
+        if choices is None:
+            return
+        self.store.set_tool_servers(conv_id, choices)
+        await session.tools.start([name for name, chosen in choices.items() if chosen])
+        failed = [s for s in session.tools.states() if choices.get(s.name)
+                  and s.status != "ready"]
+        for state in failed:
+            self.notify(f"MCP server {state.name!r} is {state.status}"
+                        + (f": {state.detail}" if state.detail else ""), severity="warning")
+        count = len(session.tools.tools(session.tool_servers(choices)))
+        self.notify(f"{count} tool(s) offered in this conversation.")
 
     def action_toggle_local_only(self) -> None:
         """F7: pin this conversation to this device (never sent to the cloud)."""

@@ -9,6 +9,9 @@ from textual.widgets import Static
 
 __all__ = ["ToolCallCard", "card_text"]
 
+RESULT_SHOWN = 600
+"""Characters of a result on the card (the model reads the whole result)."""
+
 
 def card_text(name: str, arguments: str, result: str | None = None) -> str:
     try:
@@ -16,14 +19,19 @@ def card_text(name: str, arguments: str, result: str | None = None) -> str:
     except ValueError:
         args = arguments  # shown as the model wrote it
     text = f"⚙ {name}({args})"
-    return text + (f"\n→ {result}" if result is not None else "\n→ waiting for the result")
+    if result is None:
+        return text + "\n→ waiting for the result"
+    shown = result if len(result) <= RESULT_SHOWN else result[:RESULT_SHOWN] + " …"
+    return text + f"\n→ {shown}"
 
 
 class ToolCallCard(Static):
-    def __init__(self, call_id: str, name: str, arguments: str) -> None:
-        super().__init__(card_text(name, arguments), classes="toolcall", markup=False)
+    def __init__(
+        self, call_id: str, name: str, arguments: str, result: str | None = None
+    ) -> None:
+        super().__init__(card_text(name, arguments, result), classes="toolcall", markup=False)
         self.call_id, self.tool_name, self.arguments = call_id, name, arguments
-        self.result: str | None = None
+        self.result = result
 
     def set_result(self, result: str) -> None:
         self.result = result

@@ -61,9 +61,11 @@ class MessageView(Vertical):
         if self.message.role == "assistant":
             if self.parts.reasoning:
                 yield ThinkingBlock(self.parts.reasoning, self.parts.thinking_s)
-            yield StreamedMarkdown(self.message.content, classes="body")
             for call in self.parts.tool_calls:
-                yield ToolCallCard(call["id"], call["name"], call["arguments"])
+                # A call stored without a result was never run (no tool answered it).
+                yield ToolCallCard(call["id"], call["name"], call["arguments"],
+                                   call.get("result", "(not run)"))
+            yield StreamedMarkdown(self.message.content, classes="body")
         else:
             yield Static(self.message.content, classes="body", markup=False)
         yield Static("", classes="note", markup=False)
@@ -124,10 +126,16 @@ class MessageView(Vertical):
             block.reset()
 
     async def add_tool_call(self, call_id: str, name: str, arguments: str) -> None:
+        """A call the model made: a card above the answer's text (which follows the result)."""
         for block in self.query(ThinkingBlock):
             block.done()
         card = ToolCallCard(call_id, name, arguments)
-        await self.mount(card, before=self.query_one(".note", Static))  # in call order
+        await self.mount(card, before=self.query_one(StreamedMarkdown))  # in call order
+
+    def set_tool_result(self, call_id: str, result: str) -> None:
+        for card in self.query(ToolCallCard):
+            if card.call_id == call_id:
+                card.set_result(result)
 
     async def finish(self, message: StoredMessage, thinking_s: float | None = None) -> None:
         """The answer ended: flush the stream, make sure the whole text is rendered (no
