@@ -43,6 +43,12 @@ The tree (where each class is defined)::
     ├── KeyStoreError (ValueError)       cloud.gateway.keys: the API key file
     ├── BodyError                        cloud.gateway.body: a request body the gateway refuses
     ├── ConfigError                      tui.config: config.toml cannot be read or saved
+    ├── McpConfigError (ValueError)      tui.mcp.config: an [mcp.servers.NAME] table
+    ├── McpError                         tui.mcp.hub: a tool call gave no result
+    │   ├── ToolUnknown                  no running server offers that tool
+    │   ├── ToolTimedOut                 no result within the server's timeout
+    │   ├── ToolFailed                   the server or the tool reported an error
+    │   └── ServerGone                   the server stopped (exited, connection closed)
     ├── ComposeError                     tui.compose: the config describes no backend
     │   └── DefaultNotPulled             no model configured and the default is not pulled
     └── NoKeyring                        tui.secrets: no OS keyring to keep the API key in

@@ -4,7 +4,8 @@ thinking test model was trained to call), a tool that hangs and one that kills i
     python -m tests.mcp_weather                  # stdio
     python -m tests.mcp_weather --http PORT      # streamable HTTP on 127.0.0.1:PORT/mcp
 
-WEATHER_CONDITION sets the condition it reports (so a test can tell two results apart)."""
+WEATHER_CONDITION sets the condition it reports (so a test can tell two results apart);
+WEATHER_HANGS=1 makes get_weather never answer (a tool that hangs, for the timeout)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ server = MCPServer("weather")
 
 
 @server.tool(description="Weather in a city.")
-def get_weather(city: str) -> str:
+async def get_weather(city: str) -> str:
+    if os.environ.get("WEATHER_HANGS"):
+        await anyio.sleep(3600)
     condition = os.environ.get("WEATHER_CONDITION", "foggy")
     return json.dumps({"city": city, "condition": condition, "temperature": 7})
 
