@@ -1,5 +1,6 @@
 """Secrets and credentials: provider tokens by their documented prefixes (AWS, Google, Stripe,
-GitHub, GitLab, npm, PyPI, Hugging Face, Slack, Twilio, SendGrid, OpenAI, Anthropic), JWTs,
+GitHub, GitLab, npm, PyPI, Hugging Face, Slack, Twilio, SendGrid, OpenAI, Anthropic), Azure's
+storage account keys, SAS signatures, shared access keys and client secrets, JWTs,
 PEM private-key blocks, `scheme://user:password@host` URLs, `password = …` assignments and
 "my password is …" phrases, and high-entropy strings next to a word such as "secret".
 
@@ -65,6 +66,16 @@ _HEX = re.compile(r"[0-9a-f]+|[0-9A-F]+")
 _PEM = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END [A-Z0-9 ]+-----)?",
     re.DOTALL,
+)
+# Azure's credentials hold "~", "%" or ";", which split the token runs below: each has a
+# marker of its own. A SAS token's signature (with its sv=/se=/sp= fields), a Service Bus or
+# storage connection string's SharedAccessKey/Signature, and an Entra ID client secret (three
+# characters, a digit, "Q~": the shape gitleaks' azure-ad-client-secret rule matches).
+_AZURE_SAS = re.compile(r"(?<![A-Za-z0-9])sig=(?P<v>[A-Za-z0-9%+/=]{20,})")
+_AZURE_SAS_FIELDS = ("sv=", "se=", "sp=")
+_AZURE_SHARED = re.compile(r"SharedAccess(?:Key|Signature)=(?P<v>[^;\s\"'&]{20,})")
+_AZURE_CLIENT_SECRET = re.compile(
+    r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.]{3}\dQ~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~.-])"
 )
 _CREDENTIAL_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@]*:(?P<v>[^\s/@]{1,200})@")
 
@@ -336,6 +347,22 @@ def _passwords(t: ScanText) -> Iterator[Hit]:
             yield Hit("password", m.start("v"), m.start("v") + len(trimmed), "")
 
 
+def _azure(t: ScanText) -> Iterator[Hit]:
+    text = t.text
+    if "sig=" in text and any(f in text for f in _AZURE_SAS_FIELDS):
+        for m in _AZURE_SAS.finditer(text):
+            if not _placeholder(m.group("v")):
+                yield Hit("api_token", m.start("v"), m.end("v"), "Azure SAS signature")
+    if "SharedAccess" in text:
+        for m in _AZURE_SHARED.finditer(text):
+            if _real_value(m.group("v")):
+                yield Hit("api_token", m.start("v"), m.end("v"), "Azure shared access key")
+    if "Q~" in text:
+        for m in _AZURE_CLIENT_SECRET.finditer(text):
+            if not _placeholder(m.group()):
+                yield Hit("api_token", m.start(), m.end(), "Azure client secret")
+
+
 def find_secrets(t: ScanText) -> Iterator[Hit]:
     """Every secret in one message."""
     text = t.text
@@ -351,5 +378,6 @@ def find_secrets(t: ScanText) -> Iterator[Hit]:
         for m in _CREDENTIAL_URL.finditer(text):
             if _real_value(m.group("v")):
                 yield Hit("credential_url", m.start("v"), m.end("v"), "")
+    yield from _azure(t)
     yield from _tokens(t)
     yield from _passwords(t)

@@ -18,6 +18,7 @@ helpers where it has them, else rejection sampling against stdnum's `is_valid`).
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import string
@@ -25,6 +26,7 @@ import sys
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from stdnum import iban as std_iban
 from stdnum import luhn, verhoeff
@@ -177,7 +179,8 @@ def national_id(kind: str) -> str:
 
 TOKEN_KINDS = ("aws_akia", "aws_asia", "aws_secret", "google", "stripe_sk", "stripe_rk",
                "github_ghp", "github_gho", "github_ghs", "gitlab", "npm", "pypi", "hf", "slack",
-               "twilio", "sendgrid", "openai", "anthropic", "jwt", "azure")  # fmt: skip
+               "twilio", "sendgrid", "openai", "anthropic", "jwt", "azure", "azure_sas",
+               "azure_shared_key", "azure_client_secret")  # fmt: skip
 
 
 def token(kind: str) -> str:
@@ -210,12 +213,22 @@ def token(kind: str) -> str:
         "jwt": lambda: "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ" + rnd(30, alnum + "_-") + "."
         + rnd(43, alnum + "_-"),
         "azure": lambda: rnd(86, alnum + "+/") + "==",
+        "azure_sas": lambda: quote(base64.b64encode(R.randbytes(32)).decode(), safe=""),
+        "azure_shared_key": lambda: rnd(43, alnum + "+/") + "=",
+        "azure_client_secret": lambda: rnd(3, alnum + "_~.") + digits(1) + "Q~"
+        + rnd(34, alnum + "_~.-"),
     }[kind]()
     if kind == "aws_secret":
         return f"aws_secret_access_key = {value}"
     if kind == "azure":
         return (f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={value};"
                 "EndpointSuffix=core.windows.net")
+    if kind == "azure_sas":
+        return ("https://acme.blob.core.windows.net/backups/db.bak?sv=2022-11-02&ss=b&srt=o&sp=r"
+                f"&se=2026-03-01T00:00:00Z&spr=https&sig={value}")
+    if kind == "azure_shared_key":
+        return ("Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=Root;"
+                f"SharedAccessKey={value}")
     return R.choice(
         [f"Why does {value} fail?", f"export TOKEN={value}", f"my key is {value}",
          f"here: {value}", f"config: api_key: {value}"]

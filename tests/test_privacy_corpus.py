@@ -49,7 +49,8 @@ SUBKINDS = {
                     "pan", "sin", "tfn", "cpf", "passport"},
     "api_token": {"aws_akia", "aws_asia", "aws_secret", "google", "stripe_sk", "stripe_rk",
                   "github_ghp", "github_gho", "github_ghs", "gitlab", "npm", "pypi", "hf",
-                  "slack", "twilio", "sendgrid", "openai", "anthropic", "jwt", "azure"},
+                  "slack", "twilio", "sendgrid", "openai", "anthropic", "jwt", "azure",
+                  "azure_sas", "azure_shared_key", "azure_client_secret"},
     "private_key": {"RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY",
                     "ENCRYPTED PRIVATE KEY", "PGP PRIVATE KEY BLOCK", "DSA PRIVATE KEY"},
 }  # fmt: skip

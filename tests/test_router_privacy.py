@@ -31,6 +31,11 @@ POSITIVES = [
     ("password", "mot de passe: Soleil2024!"),
     ("address", "my home is 42 Wallaby Way, Sydney"),
     ("phone", "text me at 415.555.2671"),
+    ("api_token", "GET https://acme.blob.core.windows.net/c/f?sv=2022-11-02&sp=r&sig=k3J%2Fq8Zr9"
+                  "Lx2Vt5Wb7Nc1Md4Pf6Hg0Aa%2BBb3Cc5Dd7E%3D"),
+    ("api_token", "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=Root;"
+                  "SharedAccessKey=k3Jq8Zr9Lx2Vt5Wb7Nc1Md4Pf6Hg0AaBb3Cc5Dd7E="),
+    ("api_token", "why is Q1w8Q~kF3xZr.Lq9Vt_Ab2Cd3Ef4Gh5Ij6Kl7Mn8 refused?"),  # Entra ID secret
 ]
 
 # Text that looks close to a kind but is not one.
@@ -63,6 +68,7 @@ NEGATIVES = [
     "What medication treats anxiety? How does a therapist help?",
     "my essay on diabetes is due",
     "Ring me on 0161 496 0000",  # Ofcom's drama range
+    "append ?sv=2022-11-02&sig=<signature> to the URL; SharedAccessKey=<your key>",
 ]
 
 
