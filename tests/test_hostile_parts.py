@@ -1,19 +1,25 @@
 """Issue 14's findings that need no model: the key file noticed by inode, admission when vLLM's
 metrics go unreadable, Retry-After rounding, the client refusing cleartext to another machine,
-the contract refusing a seed the engines cannot take, and private file modes on the desktop."""
+the contract refusing a seed the engines cannot take, private file modes on the desktop, and
+the gateway's field and adapter checks on JSON values of every type and depth."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
+import struct
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from cloud.client import CloudClient
+from cloud.gateway.adapters import AdapterError, BaseShape, validate_adapter
 from cloud.gateway.admission import Admission, AdmissionConfig, Rejection, retry_after_header
+from cloud.gateway.fields import FieldError, RequestCaps, check_generation
 from cloud.gateway.keys import KeyStore
 from cloud.trust import TrustError
 from router.protocol import InvalidRequest, Sampling
@@ -122,3 +128,102 @@ def test_serve_checks_parse_strict_json() -> None:
         with pytest.raises(FieldError):
             parse_json(raw)
     assert parse_json(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}  # a pair is fine
+
+
+# --- the gateway's field and adapter checks, on values of every JSON type ---------------------
+
+_CHAT_PATH = "/v1/chat/completions"
+
+
+def _chat(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"messages": list(messages) or [{"role": "user", "content": "hi"}], **extra}
+
+
+def _tool(**function: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "get_weather", **function}}
+
+
+def _call(**overrides: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{}"}, **overrides}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        # Unhashable values where a set lookup once raised TypeError (a 500).
+        (_chat({"role": "user", "content": [{"type": ["text"], "text": "x"}]}), "messages"),
+        (_chat({"role": ["user"], "content": "x"}), "messages"),
+        (_chat(reasoning_effort=["low"]), "reasoning_effort"),
+        (_chat(tool_choice=["auto"]), "tool_choice"),
+        (_chat(response_format={"type": ["text"]}), "response_format"),
+        (_chat(temperature=10**400), "temperature"),  # isfinite() overflowed on it
+        # Nested shapes that went to vLLM unchecked.
+        (_chat(tools=[{"type": "function"}]), "tools"),
+        (_chat(tools=[_tool(parameters="not a schema")]), "tools"),
+        (_chat(tools=[{"type": "function", "function": {"name": 5}}]), "tools"),
+        (_chat(tools=[_tool(code="import os")]), "tools"),
+        (_chat(tools=[{**_tool(), "extra": 1}]), "tools"),
+        (_chat(tool_choice={"type": "function", "function": {"name": "f"}, "x": 1}), "tool_choice"),
+        (_chat(tool_choice={"type": "function", "function": {"name": ["f"]}}), "tool_choice"),
+        (_chat(tool_choice={"type": "function"}), "tool_choice"),
+        (_chat(response_format={"type": "json_object", "schema": {}}), "response_format"),
+        (_chat(_call(id=["call_1"])), "messages"),
+        (_chat(_call(extra=1)), "messages"),
+        (_chat(_call(function={"name": "f", "arguments": {"a": 1}})), "messages"),
+        (_chat(_call(function={"name": "f", "arguments": "{}", "x": 1})), "messages"),
+        (_chat(_call(type=["function"])), "messages"),
+    ],
+)
+def test_the_gateway_refuses_wrong_types_and_unknown_keys_at_any_depth(
+    body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(FieldError) as refused:
+        check_generation(body, _CHAT_PATH, RequestCaps())
+    assert refused.value.param == param
+
+
+def test_the_gateway_forwards_well_formed_tools_as_sent() -> None:
+    body = _chat(
+        {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+        _call(),
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+        tools=[_tool(description="d", parameters={"type": "object", "properties": {}})],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        response_format={"type": "json_object"},
+    )
+    out = check_generation(body, _CHAT_PATH, RequestCaps())
+    assert {k: out[k] for k in body} == body
+
+
+_BASE = BaseShape(hidden=128, intermediate=256, layers=3, heads=2, kv_heads=1, head_dim=64)
+_LORA_CONFIG = json.dumps({"peft_type": "LORA", "r": 8}).encode()
+
+
+def _safetensors(header: dict[str, Any], body: int = 4096) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * body
+
+
+@pytest.mark.parametrize("dtype", [[], {}, ["F32"], None, 5])
+def test_an_adapter_tensor_with_a_dtype_of_the_wrong_type_is_refused(dtype: Any) -> None:
+    header = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
+              {"dtype": dtype, "shape": [8, 128], "data_offsets": [0, 4096]}}  # fmt: skip
+    with pytest.raises(AdapterError, match="dtype") as refused:
+        validate_adapter(_LORA_CONFIG, _safetensors(header), _BASE, max_rank=8)
+    assert refused.value.status == 400
+
+
+_DEEP = b"[" * 65536
+
+
+@pytest.mark.parametrize(
+    "config", [_DEEP, b'{"r": ' + _DEEP, b'{"peft_type": ' + b"[" * 500 + b"]" * 500 + b"}"]
+)
+def test_a_deeply_nested_adapter_config_is_refused(config: bytes) -> None:
+    header = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
+              {"dtype": "F32", "shape": [8, 128], "data_offsets": [0, 4096]}}  # fmt: skip
+    with pytest.raises(AdapterError) as refused:
+        validate_adapter(config, _safetensors(header), _BASE, max_rank=8)
+    assert refused.value.status == 400

@@ -129,6 +129,14 @@ def read_safetensors_header(data: bytes | IO[bytes], size: int | None = None) ->
     return header
 
 
+def _shown(value: Any) -> str:
+    """A header value for an error message: short, and never str() of a deep structure (which
+    can itself raise RecursionError)."""
+    if isinstance(value, list) and all(type(v) is int for v in value[:8]):
+        return str(value[:8])[:40]
+    return value[:16] if isinstance(value, str) else type(value).__name__
+
+
 def validate_adapter(
     config_bytes: bytes,
     weights: bytes | IO[bytes],
@@ -140,12 +148,15 @@ def validate_adapter(
     """Check an adapter against the base model; return its rank. Raises AdapterError."""
     try:
         config = json.loads(config_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: "[" * 65536 nests past the parser's limit; it is no ValueError.
         raise AdapterError(f"{CONFIG_FILE} is not valid JSON") from None
     if not isinstance(config, dict):
         raise AdapterError(f"{CONFIG_FILE} must be a JSON object")
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise AdapterError(f"only LoRA adapters are supported, not {config.get('peft_type')}")
+    peft_type = config.get("peft_type", "LORA")
+    if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
+        shown = peft_type[:40] if isinstance(peft_type, str) else type(peft_type).__name__
+        raise AdapterError(f"only LoRA adapters are supported, not {shown}")
     if config.get("use_dora"):
         raise AdapterError("DoRA adapters are not supported by vLLM; train a plain LoRA")
     rank = config.get("r")
@@ -160,7 +171,7 @@ def validate_adapter(
         match = _KEY_RE.match(key)
         if not match:
             raise AdapterError(
-                f"unexpected tensor {key}: expected "
+                f"unexpected tensor {key[:80]}: expected "
                 "base_model.model.model.layers.N.<module>.lora_A/B.weight"
             )
         layer, _, module, ab = int(match[1]), match[2], match[3], match[4]
@@ -173,10 +184,12 @@ def validate_adapter(
         shape = info.get("shape")
         if not isinstance(shape, list) or shape != expected:
             raise AdapterError(
-                f"tensor {key} has shape {str(shape)[:40]}, expected {expected} for this base model"
+                f"tensor {key} has shape {_shown(shape)}, expected {expected} for this base model"
             )
-        if info.get("dtype") not in _DTYPES:
-            raise AdapterError(f"tensor {key}: dtype {str(info.get('dtype'))[:16]} "
+        dtype = info.get("dtype")
+        # A set lookup of a list (`"dtype": []`) raises TypeError: check the type first.
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise AdapterError(f"tensor {key}: dtype {_shown(dtype)} "
                                "(use F32, F16 or BF16)")  # fmt: skip
     return rank
 

@@ -13,7 +13,7 @@ no lone surrogates, which httpx would refuse to send on after the request was ad
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,8 @@ def _number(name: str, low: float, high: float) -> Check:
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            # isfinite() on an integer past a float's range raises OverflowError (a 500).
+            or (isinstance(value, float) and not math.isfinite(value))
             or not low <= value <= high
         ):
             raise _fail(name, f"a number from {low} to {high}")
@@ -85,9 +86,15 @@ def _text(name: str, limit: int) -> Check:
     return check
 
 
+def _is_one_of(value: Any, options: Iterable[str]) -> bool:
+    """Membership that holds for any JSON value: a list or an object is never an option, and
+    never reaches a set's hash (`["text"] in {"text"}` raises TypeError, a 500)."""
+    return isinstance(value, str) and value in options
+
+
 def _choice(name: str, *options: str) -> Check:
     def check(value: Any, caps: RequestCaps) -> None:
-        if value not in options:
+        if not _is_one_of(value, options):
             raise _fail(name, "one of " + ", ".join(options))
 
     return check
@@ -115,7 +122,7 @@ def _stream_options(value: Any, caps: RequestCaps) -> None:
         raise _fail("stream_options", "{include_usage: bool, continuous_usage_stats: bool}")
 
 
-_PART_TYPES = {"text"}
+_PART_TYPES = ("text",)
 _MESSAGE_FIELDS = {
     "role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content", "reasoning",
 }  # fmt: skip
@@ -131,7 +138,7 @@ def _content(value: Any, where: str) -> None:
         # Only text: image/audio/video parts make vLLM fetch URLs on the tenant's behalf.
         if (
             not isinstance(part, dict)
-            or part.get("type") not in _PART_TYPES
+            or not _is_one_of(part.get("type"), _PART_TYPES)
             or set(part) - {"type", "text"}
             or not isinstance(part.get("text"), str)
         ):
@@ -140,6 +147,43 @@ def _content(value: Any, where: str) -> None:
 
 def _json_object(value: Any) -> bool:
     return isinstance(value, dict)
+
+
+def _keys(value: dict[str, Any], allowed: set[str], where: str, param: str) -> None:
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise FieldError(f"{where}: field(s) not accepted: {', '.join(unknown)[:200]}", param)
+
+
+def _function_name(value: Any, where: str, param: str) -> None:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise FieldError(f"{where} must be a name of 1-64 characters", param)
+
+
+# Nested objects are forwarded as they are, so their shapes are checked like the top level:
+# an unknown key or a wrong type inside them reaches vLLM's own parsing otherwise.
+_CALL_KEYS = {"id", "type", "function"}
+_CALL_FUNCTION_KEYS = {"name", "arguments"}
+
+
+def _tool_calls(calls: Any, where: str, caps: RequestCaps) -> None:
+    if not isinstance(calls, list) or len(calls) > caps.max_tools:
+        raise FieldError(f"{where}.tool_calls must be a list of at most {caps.max_tools} "
+                         "calls", "messages")  # fmt: skip
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        if not isinstance(call, dict) or call.get("type", "function") != "function":
+            raise FieldError(f"{at} must be {{id, type: 'function', function}}", "messages")
+        _keys(call, _CALL_KEYS, at, "messages")
+        if not isinstance(call.get("id"), str) or not 0 < len(call["id"]) <= 256:
+            raise FieldError(f"{at}.id must be a string of 1-256 characters", "messages")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise FieldError(f"{at}.function must be {{name, arguments}}", "messages")
+        _keys(function, _CALL_FUNCTION_KEYS, f"{at}.function", "messages")
+        _function_name(function.get("name"), f"{at}.function.name", "messages")
+        if not isinstance(function.get("arguments", ""), str):
+            raise FieldError(f"{at}.function.arguments must be a JSON string", "messages")
 
 
 def _messages(value: Any, caps: RequestCaps) -> None:
@@ -152,19 +196,14 @@ def _messages(value: Any, caps: RequestCaps) -> None:
         unknown = sorted(set(item) - _MESSAGE_FIELDS)
         if unknown:
             raise FieldError(f"{where}: field(s) not accepted: {', '.join(unknown)}", "messages")
-        if item.get("role") not in _ROLES:
+        if not _is_one_of(item.get("role"), _ROLES):
             raise FieldError(f"{where}.role must be one of {', '.join(_ROLES)}", "messages")
         _content(item.get("content"), where)
         for name in ("name", "tool_call_id", "reasoning_content", "reasoning"):
             if item.get(name) is not None and not isinstance(item[name], str):
                 raise FieldError(f"{where}.{name} must be a string", "messages")
-        calls = item.get("tool_calls")
-        if calls is not None and (
-            not isinstance(calls, list)
-            or len(calls) > caps.max_tools
-            or not all(_json_object(c) for c in calls)
-        ):
-            raise FieldError(f"{where}.tool_calls must be a list of objects", "messages")
+        if item.get("tool_calls") is not None:
+            _tool_calls(item["tool_calls"], where, caps)
 
 
 def _prompt(value: Any, caps: RequestCaps) -> None:
@@ -179,23 +218,51 @@ def _prompt(value: Any, caps: RequestCaps) -> None:
     raise _fail("prompt", f"a string or a list of at most {caps.max_n} strings")
 
 
+_FUNCTION_KEYS = {"name", "description", "parameters", "strict"}
+
+
 def _tools(value: Any, caps: RequestCaps) -> None:
-    if (
-        not isinstance(value, list)
-        or len(value) > caps.max_tools
-        or not all(_json_object(t) and t.get("type") == "function" for t in value)
-    ):
+    if not isinstance(value, list) or len(value) > caps.max_tools:
         raise _fail("tools", f"a list of at most {caps.max_tools} function tools")
+    for i, tool in enumerate(value):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise FieldError(f"{where} must be {{type: 'function', function: {{...}}}}", "tools")
+        _keys(tool, {"type", "function"}, where, "tools")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise FieldError(f"{where}.function must be {{name, description, parameters}}",
+                             "tools")  # fmt: skip
+        _keys(function, _FUNCTION_KEYS, f"{where}.function", "tools")
+        _function_name(function.get("name"), f"{where}.function.name", "tools")
+        if not isinstance(function.get("description", ""), str):
+            raise FieldError(f"{where}.function.description must be a string", "tools")
+        if not isinstance(function.get("parameters", {}), dict):
+            raise FieldError(f"{where}.function.parameters must be a JSON schema object",
+                             "tools")  # fmt: skip
+        if not isinstance(function.get("strict", False), bool):
+            raise FieldError(f"{where}.function.strict must be true or false", "tools")
 
 
 def _tool_choice(value: Any, caps: RequestCaps) -> None:
-    if value in ("none", "auto", "required") or _json_object(value):
+    if _is_one_of(value, ("none", "auto", "required")):
         return
-    raise _fail("tool_choice", "none, auto, required or a named tool")
+    named = _json_object(value) and value.get("type") == "function"
+    if named and isinstance(value.get("function"), dict):
+        _keys(value, {"type", "function"}, "tool_choice", "tool_choice")
+        _keys(value["function"], {"name"}, "tool_choice.function", "tool_choice")
+        _function_name(value["function"].get("name"), "tool_choice.function.name",
+                       "tool_choice")  # fmt: skip
+        return
+    raise _fail("tool_choice", "none, auto, required or {type: 'function', function: {name}}")
 
 
 def _response_format(value: Any, caps: RequestCaps) -> None:
-    if not _json_object(value) or value.get("type") not in ("text", "json_object"):
+    if (
+        not _json_object(value)
+        or not _is_one_of(value.get("type"), ("text", "json_object"))
+        or set(value) - {"type"}
+    ):
         raise _fail("response_format", '{"type": "text"} or {"type": "json_object"}')
 
 
