@@ -171,15 +171,32 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_from_it(
                            timeout=120, env=env)
     assert again.returncode == 1 and "--resume" in again.stderr
 
-    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=180,
-                             env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"continuing ckpt from step {record.step} of 100" in resumed.stderr
-    steps = [int(line.split()[1].split("/")[0]) for line in resumed.stdout.splitlines()
+    folder = registry.folder("ckpt")
+    before = {f: (folder / f).read_bytes() for f in ("adapters.safetensors",
+                                                     "adapter_config.json")}
+    inode = (folder / "adapters.safetensors").stat().st_ino
+    resuming = subprocess.Popen([*cmd, "--resume"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    assert resuming.stdout is not None
+    lines = []
+    for line in resuming.stdout:
+        lines.append(line)
+        if " loss " in line:
+            # Mid-run, the adapter a chat may be reading is the checkpoint's, byte for byte:
+            # the new weights and config replace it whole when training ends.
+            assert {f: (folder / f).read_bytes() for f in before} == before
+    rest, err = resuming.communicate(timeout=180)
+    assert resuming.returncode == 0, err
+    assert f"continuing ckpt from step {record.step} of 100" in err
+    steps = [int(line.split()[1].split("/")[0]) for line in [*lines, *rest.splitlines()]
              if line.startswith("step") and " loss " in line]
     assert steps[0] > record.step and steps[-1] == 100
     final = registry.get("ckpt")
     assert final.status == "complete" and final.step == 100
+    assert (folder / "adapters.safetensors").read_bytes() != before["adapters.safetensors"]
+    # Replaced by a rename (a new file), not rewritten in place: never seen half-written.
+    assert (folder / "adapters.safetensors").stat().st_ino != inode
+    assert not list(folder.glob(".partial-*"))
 
 
 def test_dora_trains_but_is_not_exported_for_vllm(test_models: ModelSet, tmp_path: Path) -> None:

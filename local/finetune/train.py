@@ -11,6 +11,7 @@ quantized.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -275,7 +276,11 @@ def run_training(
     _attach(model, config)
     folder = registry.folder(config.name)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / ADAPTER_CONFIG, _adapter_config(config, iters))
+    # mlx-lm's trainer writes its weights in place; a running chat re-reads an adapter whose
+    # files change, so it writes into scratch files here, renamed over the real ones (weights
+    # first, then the config that describes them) once training ends.
+    scratch_weights = folder / f".partial-{ADAPTER_WEIGHTS}"
+    scratch_state = folder / f".partial-{OPTIMIZER_STATE}"
 
     start = 0
     optimizer = optim.Adam(learning_rate=config.learning_rate)
@@ -312,7 +317,7 @@ def run_training(
         steps_per_eval=config.steps_per_eval,
         steps_per_save=iters + 1,  # saving is ours: at the end and on Ctrl-C
         max_seq_length=config.max_seq_len,
-        adapter_file=str(folder / ADAPTER_WEIGHTS),
+        adapter_file=str(scratch_weights),
         grad_checkpoint=config.grad_checkpoint,
     )
 
@@ -335,7 +340,10 @@ def run_training(
     wall = time.perf_counter() - started
     step = min(batcher.yielded, iters)
     interrupted = batcher.stop_requested and step < iters
-    mx.save_safetensors(str(folder / OPTIMIZER_STATE), dict(tree_flatten(optimizer.state)))
+    mx.save_safetensors(str(scratch_state), dict(tree_flatten(optimizer.state)))
+    os.replace(scratch_weights, folder / ADAPTER_WEIGHTS)
+    os.replace(scratch_state, folder / OPTIMIZER_STATE)
+    _write_json(folder / ADAPTER_CONFIG, _adapter_config(config, iters))
 
     metrics = dict(record.metrics)
     metrics.update(
