@@ -1,11 +1,13 @@
 """A small MCP server for the tests, on the official SDK: `get_weather(city)` (what the
-thinking test model was trained to call), a tool that hangs and one that kills its server.
+thinking test model was trained to call) and, when asked, a tool that hangs and one that kills
+its server.
 
     python -m tests.mcp_weather                  # stdio
     python -m tests.mcp_weather --http PORT      # streamable HTTP on 127.0.0.1:PORT/mcp
 
 WEATHER_CONDITION sets the condition it reports (so a test can tell two results apart);
-WEATHER_HANGS=1 makes get_weather never answer (a tool that hangs, for the timeout)."""
+WEATHER_HANGS=1 makes get_weather never answer (a tool that hangs, for the timeout);
+WEATHER_EXTRA_TOOLS=1 also offers `hang` and `crash`."""
 
 from __future__ import annotations
 
@@ -27,15 +29,19 @@ async def get_weather(city: str) -> str:
     return json.dumps({"city": city, "condition": condition, "temperature": 7})
 
 
-@server.tool(description="Never answers.")
 async def hang() -> str:
     await anyio.sleep(3600)
     return "never"
 
 
-@server.tool(description="Ends the server mid-call.")
 def crash() -> str:
     os._exit(3)
+
+
+if os.environ.get("WEATHER_EXTRA_TOOLS"):
+    # Only where asked: the tiny test model was trained with get_weather alone in its prompt.
+    server.tool(description="Never answers.")(hang)
+    server.tool(description="Ends the server mid-call.")(crash)
 
 
 def main() -> None:

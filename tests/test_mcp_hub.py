@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def weather(name: str = "weather", **changes: object) -> McpServerSpec:
     spec = McpServerSpec(name, command=sys.executable, args=("-m", "tests.mcp_weather"),
-                         env={"PYTHONPATH": str(ROOT)})
+                         env={"PYTHONPATH": str(ROOT), "WEATHER_EXTRA_TOOLS": "1"})
     return replace(spec, **changes)  # type: ignore[arg-type]
 
 
@@ -98,7 +98,8 @@ async def test_two_servers_with_one_tool_name_are_told_apart() -> None:
 @pytest.fixture
 def http_server() -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WEATHER_CONDITION": "windy"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WEATHER_CONDITION": "windy",
+           "WEATHER_EXTRA_TOOLS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tests.mcp_weather", "--http", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/mcp"
@@ -170,7 +171,7 @@ def test_tandem_mcp_list_starts_each_server_and_says_how_it_is(tmp_path: Path) -
         "[mcp.servers.weather]\n"
         f'command = "{sys.executable}"\nargs = ["-m", "tests.mcp_weather"]\n'
         'allow = ["get_weather"]\n'
-        f'env = {{ PYTHONPATH = "{ROOT}" }}\n'
+        f'env = {{ PYTHONPATH = "{ROOT}", WEATHER_EXTRA_TOOLS = "1" }}\n'
         '[mcp.servers.broken]\ncommand = "/no/such/server"\n'
     )
     env = {**os.environ, "TANDEM_HOME": str(tmp_path)}

@@ -130,3 +130,57 @@ def test_vllm_splits_the_same_answer_as_mlx_lm(
     [mlx_call] = _mlx_split(thinking_model, ask, tools=[WEATHER_TOOL])["tool_calls"]
     assert vllm_call["function"]["name"] == mlx_call["name"] == "get_weather"
     assert json.loads(vllm_call["function"]["arguments"]) == mlx_call["arguments"]
+
+
+def _continuation_logprob(model: Any, tokenizer: Any, result: dict[str, Any], said: str) -> float:
+    """log P(the trained kind of answer saying `said` | a get_weather call that returned
+    `result`), over the reasoning and answer tokens the template renders after the result."""
+    import mlx.core as mx
+
+    city, temperature = result["city"], result["temperature"]
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": city}}}
+    messages = [
+        {"role": "user", "content": f"What is the weather in {city}?"},
+        {"role": "assistant", "content": "", "tool_calls": [call],
+         "reasoning_content": f"The user asks about the weather in {city}. I will call "
+                              "get_weather."},
+        {"role": "tool", "content": json.dumps(result)},
+    ]
+    answer = {"role": "assistant", "content": f"It is {said} in {city}, {temperature} degrees.",
+              "reasoning_content": f"The tool says {city} is {said} at {temperature} degrees."}
+    prompt = tokenizer.apply_chat_template(messages, tools=[WEATHER_TOOL],
+                                           add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template([*messages, answer], tools=[WEATHER_TOOL],
+                                         tokenize=False)
+    assert full.startswith(prompt)
+    head = tokenizer.encode(prompt, add_special_tokens=False)
+    tail = tokenizer.encode(full[len(prompt):], add_special_tokens=False)
+    ids = mx.array([head + tail])
+    logits = model(ids[:, :-1]).astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    picked = mx.take_along_axis(logprobs[0, len(head) - 1:], ids[0, len(head):][:, None], -1)
+    return float(picked.sum().item())
+
+
+@pytest.mark.mlx
+def test_the_answer_after_a_tool_result_reads_that_result(thinking_model: Path) -> None:
+    """The model answers from the tool's result, not past it: for each condition the tool can
+    report, the answer naming that condition is more likely, by a margin in nats, than the
+    answers naming the others (a model that ignored the result would score them alike).
+    A margin on the mean, not a fixed string: training rounds differently per machine."""
+    import statistics
+
+    from mlx_lm import load
+
+    from scripts.thinkingmodel import CONDITIONS
+
+    model, tokenizer = load(str(thinking_model))[:2]
+    margins = []
+    for reported in CONDITIONS:
+        result = {"city": "Rome", "condition": reported, "temperature": 7}
+        scores = {said: _continuation_logprob(model, tokenizer, result, said)
+                  for said in CONDITIONS}
+        others = statistics.mean(v for said, v in scores.items() if said != reported)
+        margins.append(scores[reported] - others)
+    assert statistics.mean(margins) > 1.0, margins  # measured here: ~4 nats
