@@ -169,3 +169,34 @@ def finetuned_adapter(test_models: ModelSet, tmp_path_factory: pytest.TempPathFa
         registry=registry, name="secret", folder=result.folder, data=data,
         record=result.record, home=home, model=test_models.target,
     )
+
+
+@pytest.fixture
+def mcp_http_server() -> Iterator[str]:
+    """The tests' MCP server (tests/mcp_weather.py) over streamable HTTP on loopback; its
+    get_weather reports "windy" (the stdio one: "foggy"). Yields the URL."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.servers import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "WEATHER_CONDITION": "windy"}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.mcp_weather", "--http", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

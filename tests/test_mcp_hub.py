@@ -8,15 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.servers import free_port
 from tui.config import Config, ConfigError
 from tui.mcp.config import McpConfigError, McpServerSpec, parse_servers
 from tui.mcp.hub import McpHub, ServerGone, ToolFailed, ToolTimedOut, ToolUnknown
@@ -95,30 +92,8 @@ async def test_two_servers_with_one_tool_name_are_told_apart() -> None:
         await hub.aclose()
 
 
-@pytest.fixture
-def http_server() -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WEATHER_CONDITION": "windy",
-           "WEATHER_EXTRA_TOOLS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.mcp_weather", "--http", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-async def test_a_streamable_http_server_on_loopback_answers(http_server: str) -> None:
-    hub = McpHub([McpServerSpec("web", url=http_server)])
+async def test_a_streamable_http_server_on_loopback_answers(mcp_http_server: str) -> None:
+    hub = McpHub([McpServerSpec("web", url=mcp_http_server)])
     await hub.start()
     try:
         assert hub.states()[0].status == "ready"

@@ -245,6 +245,23 @@ async def test_real_cloud_failing_mid_thought_starts_over_on_the_real_device(
         final = events[-1]
         assert isinstance(final, Final) and final.finish_reason == "tool_calls"
         assert final.route is not None and final.route.thinking_s is not None
+        # The result goes back; the cloud fails while thinking again and the device, which
+        # reads the call and the result, gives the answer.
+        reasoning = "".join(e.text for e in after if isinstance(e, ReasoningDelta))
+        result = json.dumps({"city": "Rome", "condition": "windy", "temperature": 4})
+        follow = ChatRequest(
+            (*request.messages,
+             Message("assistant", "", tool_calls=(call,), reasoning=reasoning),
+             Message("tool", result, tool_call_id=call.id)),
+            Sampling(max_tokens=96), tools=(weather,),
+        )
+        answer = await run(hybrid, follow)
+        *_, last_route = routes(answer)
+        assert last_route.backend == "local"
+        tail = answer[answer.index(Routed(last_route)) + 1:]
+        assert isinstance(tail[0], ReasoningDelta)
+        assert not [e for e in tail if isinstance(e, ToolCall)]
+        assert isinstance(answer[-1], Final) and answer[-1].finish_reason in ("stop", "length")
     finally:
         await cloud.aclose()
         await local.aclose()

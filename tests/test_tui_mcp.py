@@ -1,8 +1,8 @@
 """The chat's tools through MCP, end to end: the Qwen3-shaped test model on the real local
-engine, a real MCP server over stdio (tests/mcp_weather.py), the permission dialog in
-Textual's pilot. The model calls get_weather; allowing runs it on this device and sends the
-result back, denying tells the model so, a hanging tool times out in one line; the answer
-goes on each time. Shapes only: no assertion on what the trained model says."""
+engine, a real MCP server over stdio or streamable HTTP on loopback (tests/mcp_weather.py),
+the permission dialog in Textual's pilot. The model calls get_weather; allowing runs it on
+this device and sends the result back, denying tells the model so, a hanging tool times out
+in one line; the answer goes on each time. Shapes only: nothing the trained model says."""
 
 from __future__ import annotations
 
@@ -95,11 +95,17 @@ async def answer_deciding(pilot: Any, app: TandemApp, text: str, key: str) -> in
     return asked
 
 
+@pytest.mark.parametrize("transport", ["stdio", "http"])
 async def test_allowing_a_call_runs_the_tool_here_and_the_answer_reads_its_result(
-    thinking_engine: Any,
+    thinking_engine: Any, transport: str, request: pytest.FixtureRequest
 ) -> None:
     watched = Watched(thinking_engine)
-    app = make_app(watched, config=weather_config())
+    if transport == "http":
+        url = request.getfixturevalue("mcp_http_server")
+        config = Config(max_tokens=96, mcp={"servers": {"weather": {"url": url}}})
+    else:
+        config = weather_config()
+    app = make_app(watched, config=config)
     async with app.run_test(size=(110, 32)) as pilot:
         await until(pilot, lambda: app.session.tools_started.is_set())
         assert [t.name for t in app.session.tools.tools()] == ["get_weather"]
@@ -115,7 +121,8 @@ async def test_allowing_a_call_runs_the_tool_here_and_the_answer_reads_its_resul
         stored = last_answer(app)
         calls = app.store.parts(stored.id).tool_calls
         assert calls and all("result" in c for c in calls)
-        assert json.loads(calls[0]["result"])["condition"] == "foggy"  # the server's result
+        reported = {"stdio": "foggy", "http": "windy"}[transport]  # that server's own result
+        assert json.loads(calls[0]["result"])["condition"] == reported
         # The model was offered the tools, and its next round read the call and the result.
         first, *later = [r for r in watched.requests if r.conversation_id == stored.conversation_id]
         assert [t.name for t in first.tools] == ["get_weather"]
@@ -126,7 +133,7 @@ async def test_allowing_a_call_runs_the_tool_here_and_the_answer_reads_its_resul
         assert result.content == calls[0]["result"]
         assert stored.status == "complete" and stored.route is not None
         card = answer_views(app)[-1].query(ToolCallCard).first()
-        assert "foggy" in str(card.render())
+        assert reported in str(card.render())
         # The next question's history keeps the calls and their results before the answer.
         if stored.content:
             from tui.answering import build_request
