@@ -171,3 +171,23 @@ def test_saving_settings_keeps_the_declared_servers(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.mode == "local-only"
     assert [(s.name, s.command, s.timeout_s) for s in config.mcp_servers] == [("w", "srv", 5.0)]
+
+
+def test_a_local_only_conversation_offers_no_server_on_another_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tui.session import ChatSession
+    from tui.store import Conversation
+
+    monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
+    servers = {"here": {"command": "srv"}, "loop": {"url": "http://127.0.0.1:9/mcp"},
+               "v6": {"url": "http://[::1]:9/mcp"}, "away": {"url": "https://tools.example.org/mcp"},
+               "off": {"command": "srv", "enabled": False}}
+    session = ChatSession(Config(mcp={"servers": servers}))
+    conv = Conversation(id="c", title="t", created_at=0.0, updated_at=0.0)
+    assert session.tool_servers({}, conv) == ["here", "loop", "v6", "away"]
+    assert session.tool_servers({"off": True, "here": False}, conv) == ["loop", "v6", "away", "off"]
+    pinned = Conversation(id="c", title="t", created_at=0.0, updated_at=0.0, local_only=True)
+    assert session.tool_servers({}, pinned) == ["here", "loop", "v6"]
+    local = ChatSession(Config(mode="local-only", mcp={"servers": servers}))
+    assert local.tool_servers({"away": True}, conv) == ["here", "loop", "v6"]

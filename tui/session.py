@@ -240,12 +240,19 @@ class ChatSession:
         finally:
             self.tools_started.set()
 
-    def tool_servers(self, choices: dict[str, bool]) -> list[str]:
-        """The servers a conversation uses: its own choices (F11), else config.toml's."""
-        return [
-            name for name in self.tools.names
-            if choices.get(name, bool((spec := self.tools.spec(name)) and spec.enabled))
-        ]
+    def tool_servers(self, choices: dict[str, bool], conv: Conversation | None = None) -> list[str]:
+        """The servers a conversation uses: its own choices (F11), else config.toml's. A
+        local-only conversation (or mode) uses none on another machine: what a tool is sent
+        would leave this one."""
+        local_only = self.config.mode == "local-only" or (conv is not None and conv.local_only)
+        chosen = []
+        for name in self.tools.names:
+            spec = self.tools.spec(name)
+            if spec is None or (local_only and spec.remote):
+                continue
+            if choices.get(name, spec.enabled):
+                chosen.append(name)
+        return chosen
 
     # --- the cloud ---
 

@@ -17,10 +17,12 @@ read this without starting anything.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from router.protocol import TandemError
 
@@ -54,6 +56,20 @@ class McpServerSpec:
     @property
     def transport(self) -> str:
         return "http" if self.url else "stdio"
+
+    @property
+    def remote(self) -> bool:
+        """A streamable-HTTP server on another machine: what its tools are sent leaves this
+        one (a local-only conversation does not offer its tools)."""
+        if not self.url:
+            return False
+        host = (urlsplit(self.url).hostname or "").lower()
+        if host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return True
 
     @property
     def where(self) -> str:

@@ -310,7 +310,8 @@ class ChatScreen(Screen[None]):
             view.set_waiting("⏳ starting MCP servers…")
             await session.tools_started.wait()
             view.set_waiting("")
-        return list(session.tools.tools(session.tool_servers(self.store.tool_servers(conv.id))))
+        servers = session.tool_servers(self.store.tool_servers(conv.id), conv)
+        return list(session.tools.tools(servers))
 
     async def _ask_permission(self, tool: McpTool, call: ToolCall) -> Decision:
         """Ask the user whether this call may run (from the answer's worker)."""
