@@ -10,6 +10,7 @@ revoked keys, adapters (quotas, atomic replace, malformed headers, no server pat
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import struct
@@ -23,12 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud.gateway.adapters import AdapterStore, BaseShape
 from cloud.gateway.admission import parse_metrics
 from cloud.gateway.fields import CHAT as CHAT_FIELDS
 from cloud.gateway.fields import COMPLETION as COMPLETION_FIELDS
+from cloud.gateway.keys import KeyStore
 from scripts.testmodels import ModelSet
 from tests.cloud_servers import GatewayServer, start_gateway
-from tests.servers import VLLMServer
+from tests.servers import VLLMServer, free_port
 from tests.test_cloud_adapters import make_adapter, upload
 
 pytestmark = pytest.mark.vllm
@@ -128,13 +131,80 @@ _UNKNOWN_FIELD = st.tuples(
 )  # fmt: skip
 
 
+_NOT_STR = _JSON.filter(lambda v: not isinstance(v, str))
+_NOT_OBJECT = _JSON.filter(lambda v: not isinstance(v, dict))
+
+
+# Every key the nested objects below may hold: an unknown key is drawn from outside them.
+_NESTED_KEYS = {"id", "type", "function", "name", "arguments", "description", "parameters",
+                "strict"}  # fmt: skip
+
+
+@st.composite
+def nested_bad(draw: st.DrawFn) -> tuple[str, Any]:
+    """A field whose nested part has the wrong type or an unknown key: where a set lookup of a
+    list once raised TypeError (`{"type": ["text"]}`), and where vLLM got shapes unchecked."""
+    name = "get_weather"
+    where = draw(st.sampled_from(
+        ["part_type", "role", "call_id", "call_name", "call_arguments", "call_key", "tool_name",
+         "tool_parameters", "tool_key", "choice_name", "choice_key", "format_type", "format_key"]
+    ))  # fmt: skip
+    call: dict[str, Any] = {
+        "id": "call_1", "type": "function", "function": {"name": name, "arguments": "{}"}
+    }
+    tool: dict[str, Any] = {
+        "type": "function", "function": {"name": name, "parameters": {"type": "object"}}
+    }
+    choice: dict[str, Any] = {"type": "function", "function": {"name": name}}
+    junk = draw(st.text(min_size=1, max_size=6).filter(lambda k: k not in _NESTED_KEYS))
+    if where == "part_type":
+        part = {"type": draw(_JSON.filter(lambda v: v != "text")), "text": "x"}
+        return "messages", [{"role": "user", "content": [part]}]
+    if where == "role":
+        return "messages", [{"role": draw(_NOT_STR), "content": "x"}]
+    if where.startswith("call_"):
+        if where == "call_id":
+            call["id"] = draw(_NOT_STR)
+        elif where == "call_name":
+            call["function"]["name"] = draw(_NOT_STR)
+        elif where == "call_arguments":
+            call["function"]["arguments"] = draw(_NOT_STR.filter(lambda v: v is not None))
+        else:
+            call[junk] = draw(_JSON)
+        return "messages", [{"role": "user", "content": "x"},
+                            {"role": "assistant", "content": None, "tool_calls": [call]}]
+    if where.startswith("tool_"):
+        if where == "tool_name":
+            tool["function"]["name"] = draw(_NOT_STR)
+        elif where == "tool_parameters":
+            tool["function"]["parameters"] = draw(_NOT_OBJECT.filter(lambda v: v is not None))
+        else:
+            tool["function"][junk] = draw(_JSON)
+        return "tools", [tool]
+    if where == "choice_name":
+        choice["function"]["name"] = draw(_NOT_STR)
+        return "tool_choice", choice
+    if where == "choice_key":
+        choice[junk] = draw(_JSON)
+        return "tool_choice", choice
+    if where == "format_type":
+        return "response_format", {"type": draw(_JSON.filter(
+            lambda v: v not in ("text", "json_object")))}  # fmt: skip
+    return "response_format", {"type": "json_object", junk: draw(_JSON)}
+
+
 @st.composite
 def hostile_body(draw: st.DrawFn) -> bytes:
     """A request body the gateway must refuse, as raw bytes."""
-    kind = draw(st.sampled_from(["field", "unknown", "nan", "surrogate", "utf8", "shape"]))
+    kind = draw(
+        st.sampled_from(["field", "nested", "unknown", "nan", "surrogate", "utf8", "shape"])
+    )
     body = _ok_body()
     if kind == "field":
         name, value = draw(_BAD_FIELD)
+        body[name] = value
+    elif kind == "nested":
+        name, value = draw(nested_bad())
         body[name] = value
     elif kind == "unknown":
         name, value = draw(_UNKNOWN_FIELD)
@@ -168,8 +238,90 @@ def test_hostile_bodies_get_a_json_4xx_and_nothing_leaks(
     _assert_json_4xx(response)
 
 
+# Headers a hostile client sends, which the HTTP parser or the gateway must take as a 4xx with a
+# JSON error at worst (when no Content-Length is drawn, the true one is sent).
+_CONTENT_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                  "application/json; charset=utf-16", "", "*/*", "application/json\tx"]
+_HOSTS = ["evil.example", "", "127.0.0.1:1", "[::1", "a" * 300, "localhost:99999", "x y"]
+_BAD_LENGTHS = ["abc", "-1", "1e3", "0x10", "", "+5", "1 2", "10, 11"]  # fmt: skip
+
+
+@st.composite
+def hostile_headers(draw: st.DrawFn) -> tuple[list[tuple[str, str]], bool]:
+    """(headers besides Authorization, whether they alone must make the request a 4xx)."""
+    headers: list[tuple[str, str]] = []
+    refused = False
+    content_type = draw(st.none() | st.sampled_from(_CONTENT_TYPES))
+    if content_type is not None:
+        headers.append(("Content-Type", content_type))
+    host = draw(st.sampled_from([*_HOSTS, None, "missing"]))
+    if host == "missing":
+        refused = True  # HTTP/1.1 requires a Host
+    else:
+        headers.append(("Host", host if host is not None else "127.0.0.1"))
+    length = draw(st.none() | st.sampled_from(_BAD_LENGTHS))
+    if length is not None:
+        headers.append(("Content-Length", length))
+        refused = True
+    return headers, refused
+
+
+def _raw_post(
+    gw: GatewayServer, path: str, body: bytes, headers: list[tuple[str, str]]
+) -> tuple[int, str, bytes]:
+    """POST with exactly these headers (httpx would fix a bad Content-Length or Host): the
+    status, the Content-Type and the body of the answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]), timeout=60)
+    try:
+        conn.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Authorization", f"Bearer {gw.api_key}")
+        for name, value in headers:
+            conn.putheader(name, value)
+        if not any(name == "Content-Length" for name, _ in headers):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.getheader("content-type") or "", response.read()
+    finally:
+        conn.close()
+
+
+@HYPOTHESIS
+@given(
+    headers=hostile_headers(),
+    raw=st.none() | hostile_body(),
+    path=st.sampled_from([CHAT, "/v1/completions"]),
+)
+def test_hostile_headers_get_a_json_4xx_never_a_5xx(
+    cloud_gateway: GatewayServer,
+    headers: tuple[list[tuple[str, str]], bool],
+    raw: bytes | None,
+    path: str,
+) -> None:
+    """A foreign Host or an odd Content-Type is the gateway's to ignore (clients are keys, not
+    web pages); a request must then still stand or fall by its body. A Content-Length that is
+    no number, or no Host at all, is a 4xx from the HTTP parser, as JSON too."""
+    pairs, refused = headers
+    if raw is None:  # a good body: only the headers can make it a 4xx
+        body = _ok_body(max_tokens=1)
+        if path != CHAT:
+            body = {"model": "target", "prompt": f"Say hi {CANARY}", "max_tokens": 1}
+        raw = json.dumps(body).encode()
+    else:
+        refused = True
+    status, content_type, answer = _raw_post(cloud_gateway, path, raw, pairs)
+    assert status < 500, (status, answer[:300])
+    if refused:
+        assert 400 <= status < 500, (status, answer[:300])
+    if status >= 400:
+        assert content_type.startswith("application/json"), (status, content_type, answer[:200])
+        assert json.loads(answer)["error"]["message"]
+
+
 def test_after_the_hostile_suite_the_gateway_is_whole(cloud_gateway: GatewayServer) -> None:
-    """Runs after the property test above: no slot lost, no text in the log, still answering."""
+    """Runs after the property tests above: no slot lost, no text in the log, still answering."""
     gw = cloud_gateway
     assert _wait_idle(gw) == 0
     response = httpx.post(f"{gw.url}{CHAT}", json=_ok_body(), headers=_auth(gw.api_key),
@@ -201,6 +353,56 @@ def test_nan_and_surrogates_no_longer_leak_admission_slots(cloud_gateway: Gatewa
         response = httpx.post(f"{gw.url}{CHAT}", json=_ok_body(), headers=headers, timeout=120)
         assert response.status_code == 200, response.text
     assert _wait_idle(gw) == 0
+
+
+def test_every_error_after_admission_gives_its_slot_back(
+    cloud_gateway: GatewayServer, test_models: ModelSet
+) -> None:
+    """vLLM's own 4xx, an adapter vLLM will not load on a request, and on an upload (which
+    takes a slot too): five of each, more than the key's concurrency of 4, so a slot kept by
+    any of them would turn the next into a 429. Then nothing is in flight and a request
+    answers."""
+    gw = cloud_gateway
+    key = gw.add_key("after-admission")
+    owner = next(r.owner for r in KeyStore(gw.keys_file).records() if r.name == "after-admission")
+    config, weights = make_adapter(seed=5)
+    # Passes the gateway's checks; vLLM refuses LoRA bias when it loads it. Stored as one the
+    # gateway has not loaded yet (as after vLLM restarted), it fails when a request uses it.
+    refused = json.dumps({**json.loads(config), "lora_bias": True}).encode()
+    store = AdapterStore(gw.adapters_dir, BaseShape.from_model_dir(test_models.target), 8)
+    store.commit(store.stage(owner, "unloadable", refused, io.BytesIO(weights)))
+    too_long = _ok_body(messages=[{"role": "user", "content": "word " * 6000}])  # > 4,096 tokens
+    for _ in range(5):
+        response = httpx.post(f"{gw.url}{CHAT}", json=too_long, headers=_auth(key), timeout=120)
+        assert 400 <= response.status_code < 500 and response.status_code != 429, response.text
+        response = httpx.post(f"{gw.url}{CHAT}", json=_ok_body(model="unloadable"),
+                              headers=_auth(key), timeout=120)  # fmt: skip
+        assert response.status_code == 422, response.text
+        response = upload(gw, key, "refused", refused, weights)
+        assert response.status_code == 422, response.text
+    assert _in_flight(gw) == 0
+    response = httpx.post(f"{gw.url}{CHAT}", json=_ok_body(), headers=_auth(key), timeout=120)
+    assert response.status_code == 200, response.text
+    assert _in_flight(gw) == 0
+
+
+def test_an_unreachable_vllm_gives_every_slot_back(test_models: ModelSet, tmp_path: Path) -> None:
+    """The gateway's vLLM is a closed port: every answer and upload fails after admission
+    (503), six of each, more than the key's concurrency and the cap of 4 that admission keeps
+    while vLLM's load is unreadable. None of them may keep its slot."""
+    gw = start_gateway(None, tmp_path / "gateway", model_dir=test_models.target,
+                       upstream_url=f"http://127.0.0.1:{free_port()}")  # fmt: skip
+    try:
+        config, weights = make_adapter()
+        for _ in range(6):
+            response = httpx.post(f"{gw.url}{CHAT}", json=_ok_body(), headers=_auth(gw.api_key),
+                                  timeout=60)  # fmt: skip
+            assert response.status_code == 503, response.text
+            response = upload(gw, gw.api_key, "mine", config, weights)
+            assert response.status_code == 503, response.text
+        assert _in_flight(gw) == 0
+    finally:
+        gw.stop()
 
 
 def test_a_chunked_body_past_the_cap_is_413(cloud_gateway: GatewayServer) -> None:
@@ -382,6 +584,23 @@ def test_adapter_quota_per_key(strict_gateway: GatewayServer) -> None:
     refused = upload(gw, key, "three", config, weights)
     assert refused.status_code == 403 and "at most 2 adapters" in refused.text
     assert upload(gw, key, "two", config, weights).status_code == 201  # replacing is fine
+
+
+def test_parallel_uploads_from_one_key_stay_within_its_quota(strict_gateway: GatewayServer) -> None:
+    """Before: each upload checked its key's usage before any of them was committed, so four
+    at once all passed a quota of 2."""
+    import concurrent.futures
+
+    gw = strict_gateway
+    key = gw.add_key("parallel-quota")
+    config, weights = make_adapter()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: upload(gw, key, f"p{n}", config, weights), range(4)))
+    assert sorted(a.status_code for a in answers) == [201, 201, 403, 403], [
+        a.text for a in answers
+    ]
+    listed = httpx.get(f"{gw.url}/v1/adapters", headers=_auth(key), timeout=30).json()["data"]
+    assert len(listed) == 2
 
 
 def test_a_replacement_vllm_refuses_leaves_the_old_adapter_answering(

@@ -27,6 +27,7 @@ import re
 import secrets
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,9 @@ class Gateway:
         self.client: httpx.AsyncClient | None = None
         self.context_window: int | None = None
         self.loaded: set[str] = set()
+        # Per key owner, held from an upload's quota check to its commit: without it, parallel
+        # uploads each checked the usage before any of them was committed, and all passed.
+        self._quota_locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self.upstream_headers = (
             {"Authorization": f"Bearer {config.upstream_api_key}"}
             if config.upstream_api_key
@@ -405,14 +409,15 @@ class Gateway:
                 staged = await anyio.to_thread.run_sync(
                     store.stage, key.owner, name, config_bytes, weights_part.file
                 )
-        old = store.get(key.owner, name)
-        try:
-            self._check_quota(key, store, staged, old)
-            await self._ensure_loaded(staged)  # the old version keeps answering meanwhile
-        except BaseException:
-            store.discard(staged)
-            raise
-        store.commit(staged)
+        async with self._quota_locks[key.owner]:
+            old = store.get(key.owner, name)
+            try:
+                self._check_quota(key, store, staged, old)
+                await self._ensure_loaded(staged)  # the old version keeps answering meanwhile
+            except BaseException:
+                store.discard(staged)
+                raise
+            store.commit(staged)
         if old is not None and old.vllm_name != staged.vllm_name:
             await self._unload(old)
             store.discard(old)

@@ -8,6 +8,7 @@ headers (uvicorn itself has no such limit: a slowloris client would hold a conne
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -40,10 +41,30 @@ class ServeOptions:
 
 def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol, closing a connection that has not sent a whole request head
-    within `timeout_s` of connecting (or of starting the next request on a kept-alive one)."""
+    within `timeout_s` of connecting (or of starting the next request on a kept-alive one),
+    and answering a request its parser refuses with the gateway's JSON error shape."""
 
     class HeaderTimeoutH11(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn answers in plain text a request h11 refuses (a Content-Length that is no
+            # number, no Host); every other error a client gets is OpenAI's JSON shape.
+            body = json.dumps(
+                {"error": {"message": msg, "type": "invalid_request_error", "code": 400}}
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event) or b"")
+            self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
