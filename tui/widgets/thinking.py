@@ -1,7 +1,8 @@
 """A thinking model's reasoning in the transcript: one dimmed line, "▸ thinking (3.2 s)",
 collapsed while it streams and after; a click, Enter or Space expands it to the reasoning text
-(and back). While collapsed, the streamed reasoning is only collected, not rendered: the
-answer below it streams at full speed."""
+(and back). While collapsed, the streamed reasoning is only collected: each piece repaints
+the one-line label (its clock and a count of the pieces so far), never the transcript's
+layout, so the answer below streams at full speed."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ from textual.widgets import Static
 
 __all__ = ["ThinkingBlock", "thinking_label"]
 
-LABEL_EVERY_S = 0.2
-"""How often the label's running clock is redrawn while the model thinks."""
-
-
-def thinking_label(seconds: float | None, *, expanded: bool, running: bool) -> str:
+def thinking_label(
+    seconds: float | None, *, expanded: bool, running: bool, pieces: int = 0
+) -> str:
     arrow = "▾" if expanded else "▸"
     if running:
-        return f"{arrow} thinking… {seconds or 0:.1f} s"
+        return f"{arrow} thinking… {seconds or 0:.1f} s" + (f" · {pieces}" if pieces else "")
     return f"{arrow} thinking ({seconds:.1f} s)" if seconds is not None else f"{arrow} thinking"
 
 
@@ -39,8 +38,10 @@ class ThinkingBlock(Static, can_focus=True):
         self.thinking_s = thinking_s
         self.expanded = False
         self.running = not text and thinking_s is None
+        self.pieces = 0
+        """Reasoning pieces (about a token each) received while it runs: the label counts
+        them, so each one shows at once, as the answer's tokens do."""
         self._started = time.monotonic()
-        self._drawn_at = 0.0
 
     def on_mount(self) -> None:
         self._draw()
@@ -48,17 +49,19 @@ class ThinkingBlock(Static, can_focus=True):
     @property
     def label(self) -> str:
         seconds = time.monotonic() - self._started if self.running else self.thinking_s
-        return thinking_label(seconds, expanded=self.expanded, running=self.running)
+        return thinking_label(seconds, expanded=self.expanded, running=self.running,
+                              pieces=self.pieces)
 
     def add(self, text: str) -> None:
         self.text += text
-        now = time.monotonic()
-        if self.expanded or now - self._drawn_at >= LABEL_EVERY_S:
-            self._draw()
+        self.pieces += 1
+        # Collapsed, the block stays one line: a repaint of the label, no layout of the
+        # transcript (which costs as much as the answer's own frames).
+        self._draw(layout=self.expanded)
 
     def reset(self) -> None:
         """The answer started over elsewhere: its reasoning starts again."""
-        self.text, self.running, self._started = "", True, time.monotonic()
+        self.text, self.running, self._started, self.pieces = "", True, time.monotonic(), 0
         self._draw()
 
     def done(self, thinking_s: float | None = None) -> None:
@@ -79,7 +82,7 @@ class ThinkingBlock(Static, can_focus=True):
         event.stop()  # the answer around it opens its route record on a click
         self.action_expand()
 
-    def _draw(self) -> None:
-        self._drawn_at = time.monotonic()
-        self.update(self.label + ("\n" + self.text if self.expanded and self.text else ""))
+    def _draw(self, *, layout: bool = True) -> None:
+        self.update(self.label + ("\n" + self.text if self.expanded and self.text else ""),
+                    layout=layout)
         self.set_class(self.expanded, "expanded")
