@@ -302,6 +302,9 @@ class McpHub:
         try:
             done, _ = await asyncio.wait({call, gone}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            call.cancel()  # Esc or the chat closing: the request is abandoned, not left running
+            raise
         finally:
             gone.cancel()
         if not done:
