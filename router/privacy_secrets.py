@@ -349,15 +349,17 @@ def _passwords(t: ScanText) -> Iterator[Hit]:
 
 def _azure(t: ScanText) -> Iterator[Hit]:
     text = t.text
-    if "sig=" in text and any(f in text for f in _AZURE_SAS_FIELDS):
+    # A one-character test first (memchr speed): a SAS has "&" between its fields, a
+    # connection string ";" between its parts, a client secret its "~".
+    if "&" in text and "sig=" in text and any(f in text for f in _AZURE_SAS_FIELDS):
         for m in _AZURE_SAS.finditer(text):
             if not _placeholder(m.group("v")):
                 yield Hit("api_token", m.start("v"), m.end("v"), "Azure SAS signature")
-    if "SharedAccess" in text:
+    if ";" in text and "SharedAccess" in text:
         for m in _AZURE_SHARED.finditer(text):
             if _real_value(m.group("v")):
                 yield Hit("api_token", m.start("v"), m.end("v"), "Azure shared access key")
-    if "Q~" in text:
+    if "~" in text and "Q~" in text:
         for m in _AZURE_CLIENT_SECRET.finditer(text):
             if not _placeholder(m.group()):
                 yield Hit("api_token", m.start(), m.end(), "Azure client secret")
