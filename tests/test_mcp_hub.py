@@ -191,3 +191,18 @@ def test_a_local_only_conversation_offers_no_server_on_another_machine(
     assert session.tool_servers({}, pinned) == ["here", "loop", "v6"]
     local = ChatSession(Config(mode="local-only", mcp={"servers": servers}))
     assert local.tool_servers({"away": True}, conv) == ["here", "loop", "v6"]
+
+
+async def test_local_only_mode_never_connects_to_a_server_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tui.session import ChatSession
+
+    monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
+    servers = {"away": {"url": "https://tools.example.org/mcp"},
+               "here": {"command": "/no/such/server"}}
+    session = ChatSession(Config(mode="local-only", mcp={"servers": servers}))
+    await session.start_tools()
+    states = {s.name: s.status for s in session.tools.states()}
+    assert states == {"away": "off", "here": "failed"}  # the local one was tried, not the other
+    await session.aclose()

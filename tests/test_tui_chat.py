@@ -21,8 +21,8 @@ from tests.tui_support import (
     until,
 )
 from tui.paths import paths
-from tui.screens.chat import WAITING
 from tui.screens.dialogs import RouteRecord, SearchDialog
+from tui.screens.rounds import WAITING
 from tui.widgets.status import StatusBar
 from tui.widgets.streamed import StreamedMarkdown
 

@@ -232,7 +232,11 @@ class ChatSession:
         """Start the enabled MCP servers; a server that fails says so once (the chat goes on
         without its tools). Never raises."""
         try:
-            await self.tools.start()
+            names = None
+            if self.config.mode == "local-only":  # no byte leaves: no server elsewhere
+                names = [n for n in self.tools.names
+                         if (spec := self.tools.spec(n)) and spec.enabled and not spec.remote]
+            await self.tools.start(names)
             for state in self.tools.states():
                 if state.status == "failed":
                     self._on_note(f"MCP server {state.name!r} did not start: {state.detail}. "

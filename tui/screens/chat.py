@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker
 
-from router.protocol import Final, ReasoningDelta, Routed, StreamEvent, TextDelta, ToolCall
+from router.protocol import Final, ToolCall
 from tui.answering import PartialSaver, PartsCollector, build_request, describe_error
 from tui.collector import defer_full_collections
 from tui.export import export_conversation
@@ -32,20 +31,20 @@ from tui.mcp.hub import McpTool
 from tui.mcp.permissions import Decision
 from tui.paths import paths
 from tui.screens.dialogs import Confirm, RouteRecord, SearchDialog, TextPrompt
+from tui.screens.rounds import WAITING, show_round
 from tui.screens.tools import ToolPermission, ToolServers
 from tui.store import Conversation, MessageStatus, Store, StoredMessage
 from tui.toolround import MAX_ROUNDS, AnswerRound, continue_with_results, run_tool_calls
 from tui.widgets.composer import Composer
 from tui.widgets.sidebar import ConversationList
 from tui.widgets.status import StatusBar
-from tui.widgets.transcript import MessageView, Transcript, side_name
+from tui.widgets.transcript import MessageView, Transcript
 
 if TYPE_CHECKING:
     from tui.session import ChatSession
 
 __all__ = ["BINDINGS", "ChatScreen"]
 
-WAITING = "⏳ waiting for the local model…"
 DEFAULT_TITLE = "New conversation"
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
@@ -225,8 +224,8 @@ class ChatScreen(Screen[None]):
                                     tools=tuple(t.to_tool() for t in tools))
             for round_ in range(MAX_ROUNDS + 1):
                 said = AnswerRound()
-                final = await self._stream_round(session.stream(conv, request, side), view,
-                                                 saver, collected, said)
+                final = await show_round(session.stream(conv, request, side), view, saver,
+                                         collected, said, device_ready=session.ready.is_set)
                 ran_out = round_ == MAX_ROUNDS
                 if ran_out or not (request.tools and said.calls and final is not None
                                    and final.finish_reason == "tool_calls"):
@@ -257,49 +256,6 @@ class ChatScreen(Screen[None]):
         finally:
             # Once the last words are on screen, the collector may take its pause.
             self.call_after_refresh(resume_collections)
-
-    async def _stream_round(
-        self,
-        stream: AsyncGenerator[StreamEvent, None],
-        view: MessageView,
-        saver: PartialSaver,
-        collected: PartsCollector,
-        said: AnswerRound,
-    ) -> Final | None:
-        """Show one round of an answer as it streams; its Final (None if none came)."""
-        final: Final | None = None
-        async with contextlib.aclosing(stream) as events:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    saver.add(event.text)
-                    said.text += event.text
-                    await view.append(event.text)
-                elif isinstance(event, ReasoningDelta):
-                    collected.add_reasoning(event.text)
-                    said.reasoning += event.text
-                    await view.append_reasoning(event.text)
-                elif isinstance(event, ToolCall):
-                    collected.add_call(event)
-                    said.calls.append(event)
-                    await view.add_tool_call(event.id, event.name, event.arguments)
-                elif isinstance(event, Routed):
-                    # Before the first token: where it goes and why; mid-stream: a failover.
-                    route = event.route
-                    if route.restarted:
-                        collected.restart()
-                        said.restart()
-                        view.restart_reasoning()
-                    if route.failover:
-                        view.set_waiting(f"↪ {route.failover}")
-                        continue
-                    waiting = route.backend == "local" and not self.session.ready.is_set()
-                    view.set_waiting(
-                        (f"{WAITING} " if waiting else "")
-                        + f"→ {side_name(route.backend)}: {route.reason}"
-                    )
-                elif isinstance(event, Final):
-                    final = event
-        return final
 
     async def _tools_for(self, conv: Conversation, view: MessageView) -> list[McpTool]:
         """The MCP tools this conversation offers (waiting for servers still starting)."""
@@ -526,19 +482,19 @@ class ChatScreen(Screen[None]):
     async def action_tool_servers(self) -> None:
         """F11: which MCP servers' tools this conversation offers the model."""
         assert self.conversation is not None
-        conv_id, session = self.conversation.id, self.session
-        on = session.tool_servers(self.store.tool_servers(conv_id))
+        conv, session = self.conversation, self.session
+        on = session.tool_servers(self.store.tool_servers(conv.id), conv)
         choices = await self.app.push_screen_wait(ToolServers(session.tools.states(), on))
         if choices is None:
             return
-        self.store.set_tool_servers(conv_id, choices)
-        await session.tools.start([name for name, chosen in choices.items() if chosen])
-        failed = [s for s in session.tools.states() if choices.get(s.name)
-                  and s.status != "ready"]
-        for state in failed:
-            self.notify(f"MCP server {state.name!r} is {state.status}"
-                        + (f": {state.detail}" if state.detail else ""), severity="warning")
-        count = len(session.tools.tools(session.tool_servers(choices)))
+        self.store.set_tool_servers(conv.id, choices)
+        used = session.tool_servers(choices, conv)  # none on another machine if local-only
+        await session.tools.start(used)
+        for state in session.tools.states():
+            if state.name in used and state.status != "ready":
+                self.notify(f"MCP server {state.name!r} is {state.status}"
+                            + (f": {state.detail}" if state.detail else ""), severity="warning")
+        count = len(session.tools.tools(used))
         self.notify(f"{count} tool(s) offered in this conversation.")
 
     def action_toggle_local_only(self) -> None:
