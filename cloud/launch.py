@@ -116,6 +116,8 @@ class Profile:
     """vLLM's --reasoning-parser: "auto" picks it by model family (cloud/parsers.py), "" none."""
     tool_call_parser: str = "auto"
     """vLLM's --tool-call-parser (with --enable-auto-tool-choice): "auto", "" or a name."""
+    replicas: dict[str, Any] = field(default_factory=dict)
+    """The `[replicas]` section: count, gpus-per-replica, cpu-cores, policy (cloud/replicas.py)."""
 
 
 def load_profile(name_or_path: str) -> Profile:
@@ -160,6 +162,7 @@ def load_profile(name_or_path: str) -> Profile:
         gateway=dict(data.get("gateway", {})),
         reasoning_parser=str(data.get("parsers", {}).get("reasoning", "auto")),
         tool_call_parser=str(data.get("parsers", {}).get("tool-call", "auto")),
+        replicas=dict(data.get("replicas", {})),
     )
 
 

@@ -213,12 +213,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     keys = sub.add_parser("keys", help="manage API keys (add prints the key once)")
-    keys.add_argument(
-        "--keys-file",
-        type=Path,
-        default=None,
-        help="hashed API keys (default: tandem's data folder)",
-    )
+    keys_file_help = "hashed API keys (default: tandem's data folder)"
+    keys.add_argument("--keys-file", type=Path, default=None, help=keys_file_help)
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     add = keys_sub.add_parser("add", help="make a key and print it once")
     add.add_argument("name", help="who the key is for (letters, digits, '.', '_', '-')")
@@ -241,6 +237,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where the gateway keeps users' adapters (default: as `serve`)",
     )
+    # `keys add alice --keys-file F` as well as `keys --keys-file F add alice`: SUPPRESS keeps
+    # the action's parser from overwriting a value given before the action with None.
+    for action_parser in keys_sub.choices.values():
+        action_parser.add_argument(
+            "--keys-file", type=Path, default=argparse.SUPPRESS, help=keys_file_help
+        )
     return parser
 
 
