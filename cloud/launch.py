@@ -45,7 +45,7 @@ __all__ = [
     "stop_process_group",
 ]
 
-BUILTIN_PROFILES = ("h100", "cpu")
+BUILTIN_PROFILES = ("h100", "h100-tp", "h100-pp-ray", "cpu")
 LOOPBACK = "127.0.0.1"
 # Secrets go to the child through its environment, never its argv (visible in `ps`).
 SECRET_ENV = ("VLLM_API_KEY",)
@@ -121,7 +121,7 @@ class Profile:
 
 
 def load_profile(name_or_path: str) -> Profile:
-    """Read a built-in profile (`h100`, `cpu`) or a TOML file."""
+    """Read a built-in profile (`h100`, `h100-tp`, `h100-pp-ray`, `cpu`) or a TOML file."""
     if name_or_path in BUILTIN_PROFILES:
         text = resources.files("cloud.profiles").joinpath(f"{name_or_path}.toml").read_text()
         name = name_or_path
@@ -129,7 +129,8 @@ def load_profile(name_or_path: str) -> Profile:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise LaunchError(
-                f"no profile {name_or_path!r}: use h100, cpu or the path of a TOML profile file"
+                f"no profile {name_or_path!r}: use h100, h100-tp, h100-pp-ray, cpu or the path "
+                "of a TOML profile file"
             )
         text, name = path.read_text(), path.stem
     try:

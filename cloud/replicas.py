@@ -106,11 +106,12 @@ def plan_from_profile(
     """The profile's `[replicas]` with the command line's choices on top."""
     section: dict[str, Any] = dict(profile.replicas)
     count = replicas if replicas is not None else int(section.get("count", 1))
-    raw_cores = section.get("cpu-cores", ())
+    raw_cores = section.get("cpu-cores", [])
     cores: tuple[tuple[int, ...], ...]
     if raw_cores == "auto":
+        # One replica is left unpinned (vLLM binds its threads itself, as without [replicas]).
         pool = available_cores if available_cores is not None else sorted(_affinity())
-        cores = split_cores(count, pool)
+        cores = split_cores(count, pool) if count > 1 else ()
     elif isinstance(raw_cores, list):
         try:
             cores = tuple(
@@ -203,6 +204,12 @@ def build_deployment(
     if plan.count == 1:
         only = _place(_build_one(options, profile, python=python), plan, 0)
         return Deployment((only,), None, plan)
+    tensor = options.tensor_parallel_size or int(profile.vllm.get("tensor-parallel-size", 1))
+    if plan.gpus_per_replica and tensor > plan.gpus_per_replica:
+        raise LaunchError(
+            f"tensor-parallel-size {tensor} needs {tensor} GPUs per replica; [replicas] "
+            f"gpus-per-replica is {plan.gpus_per_replica}"
+        )
     commands = []
     for index in range(plan.count):
         one = replace(options, uds=None, port=plan.replica_port(index))
@@ -215,7 +222,7 @@ def _place(command: VllmCommand, plan: ReplicaPlan, index: int) -> VllmCommand:
     """Give replica `index` its GPUs or its cores."""
     env = dict(command.env)
     argv = list(command.argv)
-    if plan.gpus_per_replica:
+    if plan.gpus_per_replica and plan.count > 1:  # one replica sees every GPU, as before
         first = index * plan.gpus_per_replica
         env["CUDA_VISIBLE_DEVICES"] = ",".join(
             str(g) for g in range(first, first + plan.gpus_per_replica)

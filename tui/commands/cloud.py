@@ -1,6 +1,6 @@
 """`tandem cloud`: run the self-hosted overflow service and manage its API keys.
 
-    tandem cloud serve --model M [--profile h100|cpu|FILE] [options]
+    tandem cloud serve --model M [--profile h100|h100-tp|h100-pp-ray|cpu|FILE] [--replicas N]
     tandem cloud keys add NAME [--admin]
     tandem cloud keys list
     tandem cloud keys revoke NAME [--keep-adapters] [--adapters-dir DIR]
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from cloud.gateway.app import GatewayConfig
     from cloud.gateway.keys import KeyRecord
     from cloud.launch import VllmCommand, VllmProcess
+    from cloud.replicas import Deployment
 
 __all__ = ["main"]
 
@@ -38,6 +39,14 @@ examples:
   tandem cloud serve --model Qwen/Qwen3-8B --profile h100 --dry-run
   tandem cloud serve --model ./my-model --profile cpu --port 8000
   tandem cloud serve --model M --speculative draft:./small-model --num-speculative-tokens 4
+  tandem cloud serve --model M --profile cpu --replicas 2 --dry-run
+  tandem cloud serve --model M --upstream http://router:80 --replica http://vllm-0:8000 \
+      --replica http://vllm-1:8000
+
+With --replicas N (or [replicas] in the profile), N vLLM servers run on 127.0.0.1 ports with
+vllm-router in front of them (cache-aware by default) and the gateway in front of the router;
+a replica that dies is restarted and rejoins once its adapters are loaded. Those replicas are
+reachable on loopback TCP by local processes (README.md: "Replicas" says which routes).
 
 Profiles are TOML files you can copy and edit (see --dry-run for what one produces).
 vLLM listens on a Unix socket in a private folder (its /tokenize, /pooling, /metrics, ...
@@ -60,6 +69,8 @@ def _default_adapters_dir() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cloud.replicas import ROUTER_POLICIES
+
     parser = argparse.ArgumentParser(
         prog="tandem cloud",
         description=DESCRIPTION,
@@ -78,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--profile",
         default="h100",
-        help="h100, cpu, or the path of a profile TOML file (default: h100)",
+        help="h100 (one GPU per replica), h100-tp (tensor parallel over one node's GPUs), "
+        "h100-pp-ray (tensor parallel within, pipeline parallel across nodes on Ray), cpu, "
+        "or the path of a profile TOML file (default: h100)",
     )
     serve.add_argument(
         "--served-model-name",
@@ -138,8 +151,31 @@ def _parser() -> argparse.ArgumentParser:
         "--upstream",
         default=None,
         metavar="URL",
-        help="front an already running vLLM at this loopback URL (or unix:/path/to/socket) "
+        help="front an already running vLLM or router at this URL (or unix:/path/to/socket) "
         "instead of starting one",
+    )
+    serve.add_argument(
+        "--replica",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="with --upstream: a vLLM replica behind it (repeat for each); admission reads "
+        "every replica's /metrics and adapters are loaded on each (default: the upstream)",
+    )
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N vLLM replicas behind vllm-router (default: the profile's [replicas] count, "
+        "else 1: one vLLM on a private Unix socket)",
+    )
+    serve.add_argument(
+        "--router-policy",
+        default=None,
+        choices=ROUTER_POLICIES,
+        help="vllm-router's load-balancing policy with --replicas (default: the profile's, "
+        "else cache_aware)",
     )
     serve.add_argument(
         "--keys-file",
@@ -197,6 +233,8 @@ def _parser() -> argparse.ArgumentParser:
         ("--per-key-concurrency", int, "concurrent requests per key"),
         ("--rate-per-second", float, "sustained requests per second per key"),
         ("--burst", int, "requests a key may send at once before the rate applies"),
+        ("--max-queue-wait-s", float, "how long a client that is not a tandem desktop may "
+         "wait for a slot before a 429 (desktops get theirs at once)"),
     ):
         serve.add_argument(flag, type=kind, default=None, help=text + " (default: the profile's)")
     serve.add_argument(
@@ -209,7 +247,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the exact vLLM command and environment, start nothing",
+        help="print every command of the deployment (replicas, router, gateway) with its "
+        "environment, start nothing",
     )
 
     keys = sub.add_parser("keys", help="manage API keys (add prints the key once)")
@@ -301,12 +340,8 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud.gateway.app import AdapterQuota, GatewayConfig
     from cloud.gateway.fields import RequestCaps
     from cloud.gateway.server import configure_logging
-    from cloud.launch import (
-        LaunchError,
-        LaunchOptions,
-        build_vllm_command,
-        load_profile,
-    )
+    from cloud.launch import LaunchError, LaunchOptions, load_profile
+    from cloud.replicas import build_deployment, plan_from_profile
 
     def fail(message: str) -> int:
         print(f"tandem cloud serve: {message}", file=sys.stderr)
@@ -320,11 +355,19 @@ def _serve(args: argparse.Namespace) -> int:
             "--insecure-http if a TLS-terminating proxy in front of the gateway carries "
             "the traffic."
         )
+    if args.replica and args.upstream is None:
+        return fail("--replica names the replicas behind --upstream; give --upstream too")
     socket_dir: Path | None = None
-    if args.upstream is None and args.vllm_port is None:
-        socket_dir = _private_socket_dir(dry_run=args.dry_run)
     try:
         profile = load_profile(args.profile)
+        plan = plan_from_profile(
+            profile, replicas=args.replicas, policy=args.router_policy, base_port=args.vllm_port
+        )
+    except LaunchError as exc:
+        return fail(str(exc))
+    if args.upstream is None and args.vllm_port is None and plan.count == 1:
+        socket_dir = _private_socket_dir(dry_run=args.dry_run)
+    try:
         options = LaunchOptions(
             model=args.model,
             served_model_name=args.served_model_name,
@@ -338,7 +381,8 @@ def _serve(args: argparse.Namespace) -> int:
             reasoning_parser=args.reasoning_parser,
             tool_call_parser=args.tool_call_parser,
         )
-        command = build_vllm_command(options, profile)
+        deployment = build_deployment(options, profile, plan)
+        command = deployment.replicas[0]
     except LaunchError as exc:
         return fail(str(exc))
     gw = profile.gateway
@@ -369,22 +413,26 @@ def _serve(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
 
     if args.dry_run:
-        print("# vLLM (loopback only; VLLM_API_KEY is a fresh random secret per start)")
-        print(command.render())
-        print(f"# gateway: {scheme}://{args.host}:{args.port} -> {command.uds or command.url}")
+        _print_deployment(deployment, args, scheme)
         if cleartext:
             print("# (refused as it stands: a non-loopback --host needs --tls-cert/--tls-key "
                   "or --insecure-http)")  # fmt: skip
         return 0
 
     keys_file = args.keys_file or _default_keys_file()
-    upstream_uds = command.uds
-    upstream_url = (args.upstream or command.url).rstrip("/")
+    upstream_uds = command.uds if args.upstream is None else None
+    upstream_url = (args.upstream or deployment.upstream_url).rstrip("/")
+    replicated = args.upstream is None and deployment.router is not None
+    replica_urls = tuple(u.rstrip("/") for u in (args.replica or ()))
+    if replicated:
+        replica_urls = deployment.replica_urls
     if upstream_url.startswith("unix:"):
         upstream_uds, upstream_url = upstream_url.removeprefix("unix:"), "http://localhost"
     config = GatewayConfig(
         upstream_url=upstream_url,
         upstream_uds=upstream_uds,
+        replica_urls=replica_urls,
+        router_admin_url=deployment.upstream_url if replicated else None,
         caps=caps,
         adapter_quota=quota,
         stream_write_timeout_s=args.stream_write_timeout,
@@ -409,6 +457,8 @@ def _serve(args: argparse.Namespace) -> int:
     # out. uvicorn drains on SIGINT/SIGTERM and then re-raises the signal against this handler.
     previous = signal.signal(signal.SIGTERM, _stop_requested)
     try:
+        if args.upstream is None and deployment.router is not None:
+            return _run_replicated(args, deployment, config, scheme)
         return _run(args, command, config, scheme)
     except _StopRequested:
         return 0
@@ -527,6 +577,7 @@ ADMISSION_FIELDS = (
     "per_key_concurrency",
     "rate_per_second",
     "burst",
+    "max_queue_wait_s",
 )
 
 
@@ -550,3 +601,75 @@ def _watch(vllm: VllmProcess, server: uvicorn.Server, died: threading.Event) -> 
             server.should_exit = True
 
     threading.Thread(target=run, name="vllm-watch", daemon=True).start()
+
+
+def _print_deployment(deployment: Deployment, args: argparse.Namespace, scheme: str) -> None:
+    """Every process --dry-run would start, in order, secrets masked."""
+    many = len(deployment.replicas) > 1
+    if any(_uses_ray(r.argv) for r in deployment.replicas):
+        print("# Ray first (README: \"One model across nodes\"): on the head node")
+        print("ray start --head --port=6379")
+        print("# on every other node (the head's address; the same Python environment and model)")
+        print("ray start --address=HEAD_IP:6379")
+        print("# then, on the head node:")
+    print("# vLLM (loopback only; VLLM_API_KEY is a fresh random secret per start)")
+    for index, replica in enumerate(deployment.replicas):
+        if many:
+            print(f"# replica {index}")
+        print(replica.render())
+    if deployment.router is not None:
+        print("# vllm-router (loopback; passes the gateway's Authorization on to the replicas)")
+        print(deployment.router.render())
+    target = deployment.replicas[0].uds or deployment.upstream_url
+    print(f"# gateway: {scheme}://{args.host}:{args.port} -> {target}")
+    if deployment.router is not None:
+        replicas = " ".join(f"--replica {url}" for url in deployment.replica_urls)
+        print(f"# (the same gateway in front of these, run apart: tandem cloud serve --upstream "
+              f"{deployment.upstream_url} {replicas} ...)")  # fmt: skip
+
+
+def _run_replicated(
+    args: argparse.Namespace, deployment: Deployment, config: GatewayConfig, scheme: str
+) -> int:
+    """Start the replicas and vllm-router, then the gateway; stop all on the way out."""
+    from cloud.gateway.server import ServeOptions, build_server
+    from cloud.launch import LaunchError
+    from cloud.supervisor import Supervisor
+
+    secret = secrets.token_urlsafe(32)  # only the gateway may call the replicas' /v1 routes
+    config = _with_upstream_key(config, secret)
+    log = args.vllm_log.open("ab") if args.vllm_log else None
+    say = lambda text: print(f"tandem cloud serve: {text}", file=sys.stderr)  # noqa: E731
+    supervisor = Supervisor(deployment, secret_env={"VLLM_API_KEY": secret}, log=log, say=say)
+    try:
+        say(f"starting {len(deployment.replicas)} vLLM replicas behind vllm-router ...")
+        try:
+            supervisor.start()
+        except LaunchError as exc:
+            say(str(exc))
+            return 1
+        options = ServeOptions(
+            args.host, args.port, args.tls_cert, args.tls_key, args.log_file,
+            limit_concurrency=args.limit_concurrency, header_timeout_s=args.header_timeout,
+        )  # fmt: skip
+        server = build_server(config, options)
+
+        def stop_if_router_dies() -> None:
+            supervisor.died.wait()
+            server.should_exit = True
+
+        threading.Thread(target=stop_if_router_dies, name="router-watch", daemon=True).start()
+        say(f"gateway on {scheme}://{args.host}:{args.port}")
+        server.run()
+        if supervisor.died.is_set():
+            say("vllm-router exited unexpectedly; the gateway stopped too")
+            return 1
+        return 0
+    finally:
+        say("stopping the replicas and vllm-router")
+        supervisor.stop()
+
+
+def _uses_ray(argv: list[str]) -> bool:
+    flag = "--distributed-executor-backend"
+    return flag in argv and argv[argv.index(flag) + 1] == "ray"
