@@ -133,6 +133,8 @@ class Supervisor:
         status.last_start = time.monotonic()
         status.process = VllmProcess(status.command, log=self._log, secret_env=self._secret_env)
         status.process.start()
+        assert status.process.process is not None
+        self._say(f"replica {status.index}: restarted, vLLM pid {status.process.process.pid}")
         # Health is the gateway's business from here (its poller warms the replica up and
         # puts it back into the router); the watcher only keeps the process alive.
 
