@@ -90,10 +90,12 @@ def check_env(env: dict[str, str], where: str) -> None:
         raise LaunchError(
             f"{where}: VLLM_LOGGING_LEVEL={level} logs prompt text; use INFO or WARNING"
         )
-    for name in ("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", "VLLM_LOGGING_CONFIG_PATH", "VLLM_API_KEY"):
+    for name in ("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", "VLLM_LOGGING_CONFIG_PATH", "VLLM_API_KEY",
+                 "VLLM_SERVER_DEV_MODE"):  # fmt: skip
         if name in env:
-            raise LaunchError(f"{where}: {name} must not be set (tandem keeps logs text-free "
-                              "and passes the API key itself)")  # fmt: skip
+            raise LaunchError(f"{where}: {name} must not be set (tandem keeps logs text-free, "
+                              "passes the API key itself and keeps vLLM's unguarded dev "
+                              "routes off)")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +327,8 @@ class VllmProcess:
         # Inherited from the operator's shell, these would put prompt text in vLLM's log.
         env.pop("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", None)
         env.pop("VLLM_LOGGING_CONFIG_PATH", None)
+        # Its dev routes (/sleep, /collective_rpc, ...) would be unguarded by the API key.
+        env.pop("VLLM_SERVER_DEV_MODE", None)
         if env.get("VLLM_LOGGING_LEVEL", "").upper() in ("DEBUG", "TRACE"):
             env["VLLM_LOGGING_LEVEL"] = "INFO"
         self.process = subprocess.Popen(

@@ -215,3 +215,22 @@ async def test_the_queue_is_bounded_in_time_and_length() -> None:
     second = await admission.admit_waiting("a", 5.0)  # the queue is full: at once
     assert isinstance(second, Rejection) and second.reason == "key concurrency"
     assert isinstance(await first, Rejection) and admission.queued == 0
+
+
+def test_the_kubernetes_gateway_manifest_is_a_command_tandem_accepts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """cloud/deploy/tandem-gateway.yaml runs `tandem cloud serve` with arguments this version
+    takes (checked with --dry-run); the Helm values parse and keep prompts out of vLLM's log."""
+    import yaml
+
+    deploy = Path(__file__).parent.parent / "cloud" / "deploy"
+    documents = list(yaml.safe_load_all((deploy / "tandem-gateway.yaml").read_text()))
+    (container,) = documents[0]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:3] == ["tandem", "cloud", "serve"]
+    assert cloud_main([*container["args"][2:], "--dry-run"]) == 0
+    assert "--upstream http" not in capsys.readouterr().err
+    assert not any("KEY" in arg.upper() and "=" in arg for arg in container["args"])
+    values = yaml.safe_load((deploy / "production-stack-values.yaml").read_text())
+    (model,) = values["servingEngineSpec"]["modelSpec"]
+    assert "--no-enable-log-requests" in model["vllmConfig"]["extraArgs"]

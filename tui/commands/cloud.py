@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import secrets
 import signal
 import sys
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from cloud.replicas import Deployment
 
 __all__ = ["main"]
+
+UPSTREAM_KEY_ENV = "TANDEM_UPSTREAM_API_KEY"
 
 DESCRIPTION = """\
 The cloud overflow service: vLLM's OpenAI server on loopback, behind a gateway that checks
@@ -152,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="URL",
         help="front an already running vLLM or router at this URL (or unix:/path/to/socket) "
-        "instead of starting one",
+        "instead of starting one; its --api-key, if it has one, goes in the environment "
+        "variable TANDEM_UPSTREAM_API_KEY",
     )
     serve.add_argument(
         "--replica",
@@ -445,6 +449,9 @@ def _serve(args: argparse.Namespace) -> int:
         admission=admission,
         max_adapter_bytes=args.max_adapter_bytes,
     )
+    if args.upstream is not None and os.environ.get(UPSTREAM_KEY_ENV):
+        # The key of a vLLM (or router) the operator runs: from the environment, never argv.
+        config = _with_upstream_key(config, os.environ[UPSTREAM_KEY_ENV])
     configure_logging(args.log_file)
     if not keys_file.exists():
         print(
