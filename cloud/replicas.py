@@ -191,7 +191,7 @@ def build_router_command(
     # request that could not reach one is retried on another before the client sees anything.
     argv += ["--health-check-interval-secs", "2", "--health-failure-threshold", "1"]
     argv += ["--health-success-threshold", "1", "--retry-max-retries", "3"]
-    argv += ["--log-level", "warn"]  # its info lines are per request (no text, but noise)
+    argv += ["--log-level", "warning"]  # its info lines are per request (no text, but noise)
     argv += list(plan.router_args)
     return RouterCommand(argv, plan.router_port, worker_urls)
 
