@@ -186,3 +186,16 @@ def wait_for(condition: object, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"{what} within {timeout_s:.0f} s")
+
+
+async def wait_for_async(condition: object, timeout_s: float, what: str) -> None:
+    """`wait_for` that lets the event loop run meanwhile (a test's own requests go on)."""
+    import asyncio
+
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{what} within {timeout_s:.0f} s")

@@ -23,7 +23,12 @@ from cloud.chatwire import FALLBACK_HEADER
 from router.hybrid import HybridBackend
 from router.protocol import ChatRequest, Final, Message, Routed, Sampling, collect
 from scripts.testmodels import ModelSet
-from tests.replica_servers import ReplicatedCloud, start_replicated_cloud, wait_for
+from tests.replica_servers import (
+    ReplicatedCloud,
+    start_replicated_cloud,
+    wait_for,
+    wait_for_async,
+)
 from tests.test_cloud_adapters import make_adapter, upload
 
 pytestmark = pytest.mark.vllm
@@ -136,8 +141,8 @@ async def test_admission_refuses_only_when_both_replicas_are_full(cloud: Replica
             # Room was left on some replica; the gateway sees this answer before the next try.
             assert any(waiting == 0 for _, waiting in load), load
             admitted += 1
-            wait_for(lambda n=admitted: sum(r + w for r, w in _load(cloud)) >= n, 60,
-                     "the gateway never saw the admitted answer")  # fmt: skip
+            await wait_for_async(lambda n=admitted: sum(r + w for r, w in _load(cloud)) >= n,
+                                 60, "the gateway never saw the admitted answer")  # fmt: skip
     assert refused_with, "never refused, with every replica full"
     assert all(waiting >= 1 for _, waiting in refused_with[0])  # both were full
     assert admitted >= 3  # one running on each, and one more waiting on one of them
@@ -160,13 +165,13 @@ async def test_desktops_get_429_at_once_while_other_clients_wait_for_a_slot(
             queued = asyncio.create_task(
                 client.post("/v1/chat/completions", json=_chat(PROMPTS[3]), headers=_headers(key))
             )
-            wait_for(lambda: "tandem_gateway_queued 1" in cloud.gateway_metrics(), 30,
-                     "the API client never queued")  # fmt: skip
+            await wait_for_async(lambda: "tandem_gateway_queued 1" in cloud.gateway_metrics(),
+                                 30, "the API client never queued")  # fmt: skip
             assert not queued.done()
         # The second answer is cancelled: its slot goes to the queued request. The first one
         # ends too, so the queued answer does not wait behind it on a one-sequence replica.
-        wait_for(lambda: "tandem_gateway_queued 0" in cloud.gateway_metrics(), 30,
-                 "the queued request never got the slot")  # fmt: skip
+        await wait_for_async(lambda: "tandem_gateway_queued 0" in cloud.gateway_metrics(), 30,
+                             "the queued request never got the slot")  # fmt: skip
         await held.aclose()
         answer = await queued
         assert answer.status_code == 200, answer.text
