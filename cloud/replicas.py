@@ -36,7 +36,10 @@ __all__ = [
 ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "consistent_hash", "random")
 # Flags tandem sets on vllm-router itself (a profile's [replicas] router-args may not move it
 # off loopback or point it at other workers).
-ROUTER_RESERVED = ("host", "port", "worker-urls", "policy", "api-key", "service-discovery")
+ROUTER_RESERVED = (
+    "host", "port", "worker-urls", "policy", "api-key", "service-discovery", "prometheus-host",
+    "prometheus-port",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,8 @@ class ReplicaPlan:
     policy: str = "cache_aware"
     """vllm-router's load-balancing policy."""
     base_port: int = 8100
-    """Replica i listens on 127.0.0.1:base_port+i; the router on base_port-1."""
+    """Replica i listens on 127.0.0.1:base_port+i; the router on base_port-1, its metrics on
+    base_port-2."""
     router_args: tuple[str, ...] = ()
     """Extra vllm-router flags (retries, circuit breaker, ...)."""
 
@@ -79,6 +83,11 @@ class ReplicaPlan:
     @property
     def router_port(self) -> int:
         return self.base_port - 1
+
+    @property
+    def router_metrics_port(self) -> int:
+        """vllm-router's own Prometheus exporter."""
+        return self.base_port - 2
 
     def replica_port(self, index: int) -> int:
         return self.base_port + index
@@ -187,6 +196,9 @@ def build_router_command(
     argv = [python, "-m", "vllm_router.launch_router"]
     argv += ["--host", LOOPBACK, "--port", str(plan.router_port)]
     argv += ["--worker-urls", *worker_urls, "--policy", plan.policy]
+    # It always serves Prometheus metrics, by default on a fixed port of every address:
+    # loopback, on a port of its own, next to the router's.
+    argv += ["--prometheus-host", LOOPBACK, "--prometheus-port", str(plan.router_metrics_port)]
     # A dead replica must leave the rotation within seconds, not the default minute; and a
     # request that could not reach one is retried on another before the client sees anything.
     argv += ["--health-check-interval-secs", "2", "--health-failure-threshold", "1"]

@@ -146,7 +146,7 @@ def start_replicated_cloud(
     keys_file = folder / "keys.json"
     store = KeyStore(keys_file)
     api_key, admin_key = store.add("alice"), store.add("admin", admin=True)
-    base = free_port_run(replicas + 1) + 1
+    base = free_port_run(replicas + 2) + 2  # the router's metrics, the router, the replicas
     port = free_port()
     argv = [
         sys.executable, "-m", "tui.cli", "cloud", "serve",

@@ -59,6 +59,7 @@ def test_two_cpu_replicas_each_get_a_port_and_a_core_behind_the_router(
     assert "--uds" not in r0 and "--no-enable-log-requests" in r0
     assert router[1:3] == ["-m", "vllm_router.launch_router"]
     assert _value(router, "--host") == "127.0.0.1" and _value(router, "--policy") == "cache_aware"
+    assert _value(router, "--prometheus-host") == "127.0.0.1"
     workers = router[router.index("--worker-urls") + 1 : router.index("--policy")]
     assert workers == [f"http://127.0.0.1:{p}" for p in ports]
     # the replicas' API key travels in their environment, never in any argv
