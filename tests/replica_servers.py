@@ -131,8 +131,10 @@ def start_replicated_cloud(
     cores: Sequence[Sequence[int]] = ((0,), (1,)),
     gateway_args: Sequence[str] = (),
     timeout_s: float = 400.0,
+    gateway_cores: Sequence[int] = (),
 ) -> ReplicatedCloud:
-    """`tandem cloud serve --replicas N` on the cpu profile, each replica on its own cores."""
+    """`tandem cloud serve --replicas N` on the cpu profile, each replica on its own cores
+    (`gateway_cores`: pin the gateway process too, e.g. beside its one replica)."""
     folder.mkdir(parents=True, exist_ok=True)
     profile_text = (REPO_ROOT / "cloud" / "profiles" / "cpu.toml").read_text()
     start = profile_text.index("[replicas]")
@@ -148,8 +150,9 @@ def start_replicated_cloud(
     api_key, admin_key = store.add("alice"), store.add("admin", admin=True)
     base = free_port_run(replicas + 2) + 2  # the router's metrics, the router, the replicas
     port = free_port()
+    pin = ["taskset", "-c", ",".join(map(str, gateway_cores))] if gateway_cores else []
     argv = [
-        sys.executable, "-m", "tui.cli", "cloud", "serve",
+        *pin, sys.executable, "-m", "tui.cli", "cloud", "serve",
         "--profile", str(profile), "--model", str(model), "--served-model-name", "target",
         "--vllm-port", str(base), "--host", "127.0.0.1", "--port", str(port),
         "--keys-file", str(keys_file), "--adapters-dir", str(folder / "adapters"),
