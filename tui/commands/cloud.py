@@ -35,7 +35,7 @@ examples:
   tandem cloud serve --model ./my-model --profile cpu --port 8000
   tandem cloud serve --model M --speculative draft:./small-model --num-speculative-tokens 4
   tandem cloud serve --model M --profile cpu --replicas 2 --dry-run
-  tandem cloud serve --model M --upstream http://router:80 --replica http://vllm-0:8000 \
+  tandem cloud serve --model M --upstream http://router:80 --replica http://vllm-0:8000 \\
       --replica http://vllm-1:8000
 
 With --replicas N (or [replicas] in the profile), N vLLM servers run on 127.0.0.1 ports with
@@ -44,7 +44,7 @@ a replica that dies is restarted and rejoins once its adapters are loaded. Those
 reachable on loopback TCP by local processes (README.md: "Replicas" says which routes).
 
 Profiles are TOML files you can copy and edit (see --dry-run for what one produces).
-vLLM listens on a Unix socket in a private folder (its /tokenize, /pooling, /metrics, ...
+One vLLM listens on a Unix socket in a private folder (its /tokenize, /pooling, /metrics, ...
 are not guarded by its API key, so no TCP port is opened for them); only the gateway listens
 on the network. Off loopback the gateway needs --tls-cert/--tls-key, or --insecure-http when
 a TLS-terminating proxy in front of it carries the traffic.
