@@ -11,6 +11,12 @@ generator (`vllm.benchmarks.serve`'s `benchmark`), 32 concurrent streams, every 
 - replica_throughput_ratio: output tokens/s with two replicas ÷ with one. Target ≥ 1.8.
   The gateway, the router and the load generator run on the same two cores as the replicas,
   so this machine understates what two GPUs (or two nodes) would show.
+
+The model: the tiny test target decodes thousands of tokens/s, so its load is all HTTP and
+Python (API servers, router, gateway, load generator), which a second core-pinned replica
+cannot speed up. The default is therefore a wider model of the same family (the target's
+tokenizer, untrained weights, ~200M parameters, built once into .cache/), whose decoding is
+compute, as a real model's is; `--model target` measures the tiny one anyway.
 """
 
 from __future__ import annotations
@@ -30,6 +36,38 @@ from scripts.testmodels import build  # noqa: E402
 from tests.replica_servers import start_replicated_cloud  # noqa: E402
 
 WORDS = ["river", "mountain", "city", "garden", "ocean", "forest", "bridge", "castle"]
+
+
+WIDE = {"hidden_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 24,
+        "num_key_value_heads": 8, "intermediate_size": 4096, "head_dim": 64}  # fmt: skip
+
+
+def wide_model(target: Path) -> Path:
+    """The target's tokenizer with an untrained, wider Llama (built once, cached)."""
+    import shutil
+
+    folder = target.parent / "wide-bench"
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    staging = target.parent / "wide-bench.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(target, staging, ignore=shutil.ignore_patterns("*.safetensors", "*.json"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json"):  # fmt: skip
+        if (target / name).is_file():
+            shutil.copy(target / name, staging / name)
+    config = {**json.loads((target / "config.json").read_text()), **WIDE}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**config)).float()
+    model.save_pretrained(staging, safe_serialization=True)
+    saved = json.loads((staging / "config.json").read_text())
+    saved.update({"torch_dtype": "float32", "dtype": "float32"})
+    (staging / "config.json").write_text(json.dumps(saved, indent=2))
+    staging.rename(folder)
+    return folder
 
 
 def run_load(
@@ -107,11 +145,14 @@ def measure(replicas: int, folder: Path, args: argparse.Namespace, model: Path) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=96)
-    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--model", choices=("wide", "target"), default="wide",
+                        help="the ~200M-parameter untrained model (default) or the tiny target")
     args = parser.parse_args()
-    model = build().target
+    target = build().target
+    model = wide_model(target) if args.model == "wide" else target
     with tempfile.TemporaryDirectory(prefix="tandem-bench-scale-") as tmp:
         one = measure(1, Path(tmp) / "one", args, model)
         print(f"1 replica:  {json.dumps(one)}", file=sys.stderr)
@@ -126,6 +167,7 @@ def main() -> int:
         "concurrency": args.concurrency,
         "prompts": args.prompts,
         "output_len": args.output_len,
+        "model": args.model,
     }))  # fmt: skip
     return 0
 
