@@ -17,6 +17,10 @@ Python (API servers, router, gateway, load generator), which a second core-pinne
 cannot speed up. The default is therefore a wider model of the same family (the target's
 tokenizer, untrained weights, ~200M parameters, built once into .cache/), whose decoding is
 compute, as a real model's is; `--model target` measures the tiny one anyway.
+Measured here (2026-12): decoding this model is bound by memory bandwidth, which the two
+cores share, and one replica already batches all 32 streams, so splitting them gains little;
+long prompts (`--prompt-words 100`: prefill, which is compute) show what a second replica's
+own compute brings.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def wide_model(target: Path) -> Path:
 
 
 def run_load(
-    url: str, key: str, tokenizer_dir: Path, prompts: int, output_len: int, concurrency: int
+    url: str, key: str, tokenizer_dir: Path, prompts: int, output_len: int, concurrency: int,
+    prompt_words: int = 0,
 ) -> dict[str, Any]:
     """`prompts` chat requests, `concurrency` at a time, through vLLM's load generator."""
     from transformers import AutoTokenizer
@@ -83,6 +88,7 @@ def run_load(
     for i in range(prompts):
         # Distinct prompts: a cache-aware router spreads them by load, not by a shared prefix.
         text = f"Request {i}: tell me a long story about the {WORDS[i % len(WORDS)]}."
+        text += "".join(f" {WORDS[(i + j) % len(WORDS)]}" for j in range(prompt_words))
         requests.append(
             SampleRequest(
                 prompt=text,
@@ -131,7 +137,8 @@ def measure(replicas: int, folder: Path, args: argparse.Namespace, model: Path) 
     )  # fmt: skip
     try:
         result = run_load(
-            cloud.url, cloud.api_key, model, args.prompts, args.output_len, args.concurrency
+            cloud.url, cloud.api_key, model, args.prompts, args.output_len, args.concurrency,
+            args.prompt_words,
         )
     finally:
         cloud.stop()
@@ -150,6 +157,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", choices=("wide", "target"), default="wide",
                         help="the ~200M-parameter untrained model (default) or the tiny target")
+    parser.add_argument("--prompt-words", type=int, default=0,
+                        help="words added to each prompt (long prompts: prefill, i.e. compute)")
     args = parser.parse_args()
     target = build().target
     model = wide_model(target) if args.model == "wide" else target
@@ -168,6 +177,7 @@ def main() -> int:
         "prompts": args.prompts,
         "output_len": args.output_len,
         "model": args.model,
+        "prompt_words": args.prompt_words,
     }))  # fmt: skip
     return 0
 
