@@ -17,10 +17,9 @@ Python (API servers, router, gateway, load generator), which a second core-pinne
 cannot speed up. The default is therefore a wider model of the same family (the target's
 tokenizer, untrained weights, ~200M parameters, built once into .cache/), whose decoding is
 compute, as a real model's is; `--model target` measures the tiny one anyway.
-Measured here (2026-12): decoding this model is bound by memory bandwidth, which the two
-cores share, and one replica already batches all 32 streams, so splitting them gains little;
-long prompts (`--prompt-words 100`: prefill, which is compute) show what a second replica's
-own compute brings.
+The router takes turns by default here (`--router-policy`): with cache_aware, every one of
+these chats matched the same cached prefix (the chat template) and all 32 went to one
+replica: ratios of 1.16 (decode) and 1.18 (`--prompt-words 100`) measured that, not scaling.
 """
 
 from __future__ import annotations
@@ -130,6 +129,7 @@ def measure(replicas: int, folder: Path, args: argparse.Namespace, model: Path) 
     cloud = start_replicated_cloud(
         model, folder, replicas=replicas, cores=cores,
         gateway_args=[
+            "--router-policy", args.router_policy,
             # The load, not admission, is under test: room for every stream at once.
             "--per-key-concurrency", "256", "--max-in-flight", "256", "--max-waiting", "100000",
             "--rate-per-second", "10000", "--burst", "10000", "--max-queue-wait-s", "0",
@@ -157,6 +157,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", choices=("wide", "target"), default="wide",
                         help="the ~200M-parameter untrained model (default) or the tiny target")
+    parser.add_argument(
+        "--router-policy", default="round_robin",
+        help="vllm-router's policy (default round_robin: the chats here share the chat "
+        "template's prefix, so cache_aware keeps them all on one replica until the loads "
+        "differ by its --balance-abs-threshold, 64 requests, more than this load ever has)",
+    )  # fmt: skip
     parser.add_argument("--prompt-words", type=int, default=0,
                         help="words added to each prompt (long prompts: prefill, i.e. compute)")
     args = parser.parse_args()
@@ -178,6 +184,7 @@ def main() -> int:
         "output_len": args.output_len,
         "model": args.model,
         "prompt_words": args.prompt_words,
+        "router_policy": args.router_policy,
     }))  # fmt: skip
     return 0
 
