@@ -223,9 +223,11 @@ def _parser() -> argparse.ArgumentParser:
         help="open connections and requests before the gateway answers 503 (default: 512)",
     )
     for flag, kind, text in (
-        ("--max-waiting", int, "429 while vLLM has more than N requests waiting"),
-        ("--max-kv-cache-usage", float, "429 while vLLM's KV cache is fuller than this fraction"),
-        ("--max-in-flight", int, "429 while the gateway has N requests upstream"),
+        ("--max-waiting", int, "429 while every replica has more than N requests waiting"),
+        ("--max-kv-cache-usage", float, "429 while every replica's KV cache is fuller than "
+         "this fraction"),
+        ("--max-in-flight", int, "429 while the gateway has N requests upstream per replica "
+         "in rotation"),
         ("--per-key-concurrency", int, "concurrent requests per key"),
         ("--rate-per-second", float, "sustained requests per second per key"),
         ("--burst", int, "requests a key may send at once before the rate applies"),
