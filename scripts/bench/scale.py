@@ -20,6 +20,9 @@ compute, as a real model's is; `--model target` measures the tiny one anyway.
 The router takes turns by default here (`--router-policy`): with cache_aware, every one of
 these chats matched the same cached prefix (the chat template) and all 32 went to one
 replica: ratios of 1.16 (decode) and 1.18 (`--prompt-words 100`) measured that, not scaling.
+Taking turns, two runs measured 1.64 and 1.62 (131 → 212 tokens/s): short of 1.8 because the
+gateway, the router and the load generator (Python, per token) had the second core to
+themselves beside one replica, and must share both cores with two.
 """
 
 from __future__ import annotations
