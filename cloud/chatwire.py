@@ -16,7 +16,11 @@ from typing import Any
 
 from router.protocol import ChatRequest, ReasoningDelta, ReasoningTrim, TextDelta, ToolCall
 
-__all__ = ["DeltaReader", "request_fields", "request_messages"]
+__all__ = ["FALLBACK_HEADER", "DeltaReader", "request_fields", "request_messages"]
+
+# The tandem client sends it: "this caller has a model of its own". The gateway then answers
+# a busy service's 429 at once (the device answers) instead of queueing the request.
+FALLBACK_HEADER = "x-tandem-fallback"
 
 Event = TextDelta | ReasoningDelta | ToolCall
 

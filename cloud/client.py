@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from cloud.chatwire import DeltaReader, request_fields, request_messages
+from cloud.chatwire import FALLBACK_HEADER, DeltaReader, request_fields, request_messages
 from cloud.trust import UNTRUSTED_HINT, TrustError, is_untrusted_certificate, ssl_context
 from router.privacy import PrivacyRefused, PrivacyScanner
 from router.protocol import (
@@ -88,6 +88,8 @@ class CloudClient:
     `model` is the base model's name on the server; None: the first model the gateway lists
     (learned by `health()` or the first request). `ca_file`: a PEM CA to trust besides the
     system's (a self-hosted gateway's own CA); raises cloud.trust.TrustError if unusable.
+    `has_fallback`: the caller answers on its own model when the cloud is busy (the desktop
+    does), so the gateway sends its 429 at once rather than queueing the request.
     Use `async with` or call `aclose()`.
     """
 
@@ -104,6 +106,7 @@ class CloudClient:
         ca_file: str | Path | None = None,
         allow_http: bool = False,
         scanner: PrivacyScanner | None = None,
+        has_fallback: bool = True,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -112,6 +115,8 @@ class CloudClient:
         self.first_token_timeout_s = first_token_timeout_s
         self.idle_timeout_s = idle_timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        if has_fallback:
+            headers[FALLBACK_HEADER] = "device"
         # Reads are bounded by the first-token and idle timeouts below, not by httpx.
         timeout = httpx.Timeout(None, connect=connect_timeout_s, pool=connect_timeout_s)
         self._http = httpx.AsyncClient(

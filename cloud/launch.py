@@ -45,7 +45,7 @@ __all__ = [
     "stop_process_group",
 ]
 
-BUILTIN_PROFILES = ("h100", "cpu")
+BUILTIN_PROFILES = ("h100", "h100-tp", "h100-pp-ray", "cpu")
 LOOPBACK = "127.0.0.1"
 # Secrets go to the child through its environment, never its argv (visible in `ps`).
 SECRET_ENV = ("VLLM_API_KEY",)
@@ -90,10 +90,12 @@ def check_env(env: dict[str, str], where: str) -> None:
         raise LaunchError(
             f"{where}: VLLM_LOGGING_LEVEL={level} logs prompt text; use INFO or WARNING"
         )
-    for name in ("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", "VLLM_LOGGING_CONFIG_PATH", "VLLM_API_KEY"):
+    for name in ("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", "VLLM_LOGGING_CONFIG_PATH", "VLLM_API_KEY",
+                 "VLLM_SERVER_DEV_MODE"):  # fmt: skip
         if name in env:
-            raise LaunchError(f"{where}: {name} must not be set (tandem keeps logs text-free "
-                              "and passes the API key itself)")  # fmt: skip
+            raise LaunchError(f"{where}: {name} must not be set (tandem keeps logs text-free, "
+                              "passes the API key itself and keeps vLLM's unguarded dev "
+                              "routes off)")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +118,12 @@ class Profile:
     """vLLM's --reasoning-parser: "auto" picks it by model family (cloud/parsers.py), "" none."""
     tool_call_parser: str = "auto"
     """vLLM's --tool-call-parser (with --enable-auto-tool-choice): "auto", "" or a name."""
+    replicas: dict[str, Any] = field(default_factory=dict)
+    """The `[replicas]` section: count, gpus-per-replica, cpu-cores, policy (cloud/replicas.py)."""
 
 
 def load_profile(name_or_path: str) -> Profile:
-    """Read a built-in profile (`h100`, `cpu`) or a TOML file."""
+    """Read a built-in profile (`h100`, `h100-tp`, `h100-pp-ray`, `cpu`) or a TOML file."""
     if name_or_path in BUILTIN_PROFILES:
         text = resources.files("cloud.profiles").joinpath(f"{name_or_path}.toml").read_text()
         name = name_or_path
@@ -127,7 +131,8 @@ def load_profile(name_or_path: str) -> Profile:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise LaunchError(
-                f"no profile {name_or_path!r}: use h100, cpu or the path of a TOML profile file"
+                f"no profile {name_or_path!r}: use h100, h100-tp, h100-pp-ray, cpu or the path "
+                "of a TOML profile file"
             )
         text, name = path.read_text(), path.stem
     try:
@@ -160,6 +165,7 @@ def load_profile(name_or_path: str) -> Profile:
         gateway=dict(data.get("gateway", {})),
         reasoning_parser=str(data.get("parsers", {}).get("reasoning", "auto")),
         tool_call_parser=str(data.get("parsers", {}).get("tool-call", "auto")),
+        replicas=dict(data.get("replicas", {})),
     )
 
 
@@ -321,6 +327,8 @@ class VllmProcess:
         # Inherited from the operator's shell, these would put prompt text in vLLM's log.
         env.pop("VLLM_DEBUG_LOG_API_SERVER_RESPONSE", None)
         env.pop("VLLM_LOGGING_CONFIG_PATH", None)
+        # Its dev routes (/sleep, /collective_rpc, ...) would be unguarded by the API key.
+        env.pop("VLLM_SERVER_DEV_MODE", None)
         if env.get("VLLM_LOGGING_LEVEL", "").upper() in ("DEBUG", "TRACE"):
             env["VLLM_LOGGING_LEVEL"] = "INFO"
         self.process = subprocess.Popen(

@@ -159,8 +159,12 @@ def start_gateway(
     extra_args: Sequence[str] = (),
     tls: tuple[Path, Path] | None = None,
     timeout_s: float = 60.0,
+    queue_wait_s: float = 0.0,
 ) -> GatewayServer:
-    """Start the gateway in front of `vllm` (or any `upstream_url`) and wait until it answers."""
+    """Start the gateway in front of `vllm` (or any `upstream_url`) and wait until it answers.
+
+    `queue_wait_s`: how long clients without the tandem client's fallback header may wait for
+    a slot (the profile's 2 s would turn the fast 429s these tests expect into waits)."""
     folder.mkdir(parents=True, exist_ok=True)
     keys_file = folder / "keys.json"
     store = KeyStore(keys_file)
@@ -179,6 +183,7 @@ def start_gateway(
         "--keys-file", str(keys_file),
         "--adapters-dir", str(folder / "adapters"),
         "--log-file", str(folder / "gateway.log"),
+        "--max-queue-wait-s", str(queue_wait_s),
     ]  # fmt: skip
     if tls is not None:
         argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]

@@ -1,12 +1,19 @@
-"""Admission control: answer 429 at once when the engine is saturated, instead of queueing.
+"""Admission control: answer 429 at once when every replica is saturated, instead of queueing.
 
 An overflow service must fail fast so the desktop answers locally. The decision uses only
 state already in memory, so a rejection costs microseconds:
 
-- vLLM's own view, polled from its `/metrics` in the background: requests waiting to start
-  (`vllm:num_requests_waiting`) and KV cache usage (`vllm:kv_cache_usage_perc`);
+- each vLLM replica's own view, polled from its `/metrics` in the background (cloud/gateway/
+  pool.py): requests waiting to start (`vllm:num_requests_waiting`) and KV cache usage
+  (`vllm:kv_cache_usage_perc`). The service is saturated only when every replica in rotation
+  is; `max_in_flight` is per replica in rotation;
 - the gateway's in-flight count (sent upstream, not finished): it reacts before the next poll;
 - per key: a concurrency limit and a token bucket (rate + burst).
+
+Desktops (the tandem client says so with `X-Tandem-Fallback`) have their own model and get the
+429 at once. Other API clients have nothing to fall back to: `admit_waiting` holds them in a
+short, bounded queue (`max_queue_wait_s`, at most `max_queued` at a time) until a slot frees,
+and only then answers 429.
 
 When /metrics cannot be read, the last load read goes stale: after `stale_after_s` the gateway
 no longer trusts it, says so once in its log (and in `tandem_gateway_engine_load_stale`), and
@@ -20,9 +27,11 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
+
+from cloud.gateway.pool import EngineLoad, Replica, ReplicaPool, parse_metrics
 
 __all__ = [
     "Admission",
@@ -30,6 +39,7 @@ __all__ = [
     "EngineLoad",
     "Rejection",
     "Ticket",
+    "parse_metrics",
     "retry_after_header",
 ]
 
@@ -54,6 +64,10 @@ class AdmissionConfig:
     """What a saturated 429 tells the client to wait."""
     stale_after_s: float = 2.0
     """A load read longer ago than this (the poll keeps failing) is not trusted."""
+    max_queue_wait_s: float = 0.0
+    """How long a client without a fallback (not a desktop) may wait for a slot before a 429."""
+    max_queued: int = 64
+    """Requests waiting for a slot at once; past that, a 429 at once."""
 
     def __post_init__(self) -> None:
         if self.max_waiting < 0 or self.max_in_flight < 1 or self.per_key_concurrency < 1:
@@ -62,17 +76,8 @@ class AdmissionConfig:
             )
         if self.rate_per_second <= 0 or self.burst < 1:
             raise ValueError("admission limits: rate-per-second > 0 and burst ≥ 1")
-
-
-@dataclass(slots=True)
-class EngineLoad:
-    """vLLM's load as last read from /metrics."""
-
-    waiting: float = 0.0
-    running: float = 0.0
-    kv_cache_usage: float = 0.0
-    reachable: bool = False
-    read_at: float = 0.0
+        if self.max_queue_wait_s < 0 or self.max_queued < 0:
+            raise ValueError("admission limits: max-queue-wait-s and max-queued ≥ 0")
 
 
 def retry_after_header(seconds: float) -> str:
@@ -109,26 +114,49 @@ class Ticket:
             self._admission._release(self.key)
 
 
-@dataclass(slots=True)
 class Admission:
     """The gateway's admission state (one per app; used from the event loop only)."""
 
-    config: AdmissionConfig
-    metrics_url: str | None = None
-    """vLLM's /metrics; None: decide on in-flight counts alone."""
-    load: EngineLoad = field(default_factory=EngineLoad)
-    in_flight: int = 0
-    _per_key: dict[str, int] = field(default_factory=dict)
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
-    _task: asyncio.Task[None] | None = None
-    poll_failures: int = 0
-    stale: bool = False
-    """The engine's load is unknown (the last good read is too old): admitting conservatively."""
+    def __init__(
+        self,
+        config: AdmissionConfig,
+        metrics_url: str | None = None,
+        *,
+        pool: ReplicaPool | None = None,
+    ) -> None:
+        self.config = config
+        if pool is None:
+            base = metrics_url.removesuffix("/metrics") if metrics_url else None
+            pool = ReplicaPool((base,), poll_interval_s=config.poll_interval_s)
+        self.pool = pool
+        pool.on_refresh = self._wake
+        self.in_flight = 0
+        self.queued = 0
+        self.stale = False
+        """No replica's load is known (its last good read is too old): admitting conservatively."""
+        self._per_key: dict[str, int] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._wakeup = asyncio.Event()
 
-    def _check_stale(self) -> bool:
-        if self.metrics_url is None:
-            return False
-        stale = time.monotonic() - self.load.read_at > self.config.stale_after_s
+    @property
+    def metrics_url(self) -> str | None:
+        """Set when there is something to poll (kept for callers of the one-replica form)."""
+        return "polled" if self.pool.polled else None
+
+    @property
+    def load(self) -> EngineLoad:
+        """The first replica's load (the only one in the one-replica form)."""
+        return self.pool.replicas[0].load
+
+    @property
+    def poll_failures(self) -> int:
+        return self.pool.poll_failures
+
+    def _in_rotation(self) -> list[Replica]:
+        """Replicas serving with a load read recent enough to trust; updates `stale`."""
+        now = time.monotonic()
+        fresh = [r for r in self.pool.serving() if r.fresh(now, self.config.stale_after_s)]
+        stale = not fresh
         if stale != self.stale:
             self.stale = stale
             if stale:
@@ -138,20 +166,22 @@ class Admission:
                 )  # fmt: skip
             else:
                 log.info("vLLM /metrics readable again: admission back to normal")
-        return stale
+        return fresh
 
     def _stale_limit(self) -> int:
         return max(1, self.config.max_in_flight // 4)
 
+    def _saturated(self, replica: Replica) -> bool:
+        c = self.config
+        load = replica.load
+        return load.waiting > c.max_waiting or load.kv_cache_usage > c.max_kv_cache_usage
+
     def admit(self, key: str) -> Ticket | Rejection:
         """Admit now or say why not. Never waits."""
         c = self.config
-        limit = self._stale_limit() if self._check_stale() else c.max_in_flight
-        if (
-            self.in_flight >= limit
-            or self.load.waiting > c.max_waiting
-            or self.load.kv_cache_usage > c.max_kv_cache_usage
-        ):
+        fresh = self._in_rotation()
+        limit = c.max_in_flight * len(fresh) if fresh else self._stale_limit()
+        if self.in_flight >= limit or (fresh and all(self._saturated(r) for r in fresh)):
             return Rejection("saturated", c.retry_after_s)
         if self._per_key.get(key, 0) >= c.per_key_concurrency:
             return Rejection("key concurrency", c.retry_after_s)
@@ -168,6 +198,29 @@ class Admission:
         self._per_key[key] = self._per_key.get(key, 0) + 1
         return Ticket(key, self)
 
+    async def admit_waiting(self, key: str, wait_s: float) -> Ticket | Rejection:
+        """Admit, or wait up to `wait_s` for a slot (a released ticket, a new load reading).
+        A rate-limit rejection is answered at once: waiting would only spend the key's budget."""
+        deadline = time.monotonic() + wait_s
+        decision = self.admit(key)
+        while isinstance(decision, Rejection) and decision.reason != "rate limit":
+            left = deadline - time.monotonic()
+            if left <= 0 or self.queued >= self.config.max_queued:
+                return decision
+            self.queued += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+            finally:
+                self.queued -= 1
+            decision = self.admit(key)
+        return decision
+
+    def _wake(self) -> None:
+        """Let every queued request look again (a new Event for the next round of waiters)."""
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
     def _release(self, key: str) -> None:
         self.in_flight -= 1
         left = self._per_key.get(key, 1) - 1
@@ -175,57 +228,17 @@ class Admission:
             self._per_key[key] = left
         else:
             self._per_key.pop(key, None)
+        self._wake()
 
-    # --- the background poller ------------------------------------------------------------
+    # --- the background poller (the pool's) -------------------------------------------------
 
     def start(self, client: httpx.AsyncClient) -> None:
-        if self.metrics_url and self._task is None:
-            self._task = asyncio.create_task(self._poll(client), name="vllm-metrics-poller")
+        self.pool.start(client)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.pool.stop()
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
-        """Read vLLM's /metrics once."""
-        assert self.metrics_url is not None
-        try:
-            response = await client.get(self.metrics_url, timeout=2.0)
-            response.raise_for_status()
-        except httpx.HTTPError:
-            self.load.reachable = False
-            self.poll_failures += 1
-            self._check_stale()
-            return
-        values = parse_metrics(response.text)
-        self.load = EngineLoad(
-            waiting=values.get("vllm:num_requests_waiting", 0.0),
-            running=values.get("vllm:num_requests_running", 0.0),
-            kv_cache_usage=values.get("vllm:kv_cache_usage_perc", 0.0),
-            reachable=True,
-            read_at=time.monotonic(),
-        )
-        self._check_stale()
-
-    async def _poll(self, client: httpx.AsyncClient) -> None:
-        while True:
-            await self.refresh(client)
-            await asyncio.sleep(self.config.poll_interval_s)
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Sum each Prometheus metric over its label sets (one engine: one series each)."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            values[name] = values.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return values
+        """Read every replica's /metrics once."""
+        await self.pool.refresh(client)
+        self._in_rotation()

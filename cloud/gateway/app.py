@@ -10,8 +10,12 @@ Routes::
                                    adapter_model)
     GET    /v1/adapters            the caller's adapters
     DELETE /v1/adapters/{name}     unload and delete one
-    GET    /metrics                vLLM's Prometheus metrics (admin key only)
-    GET    /gateway/metrics        the gateway's own counters (admin key only)
+    GET    /metrics                vLLM's Prometheus metrics, every replica's (admin key only)
+    GET    /gateway/metrics        the gateway's own counters and each replica's state (admin)
+
+Behind the gateway: one vLLM, or several replicas behind vllm-router (`replica_urls`); then
+admission reads every replica's load, adapters are loaded on each, and a replica that stops
+answering is taken out of the router until it is back and warm (cloud/gateway/pool.py).
 
 Every answer carries `x-request-id`; the log line for a request holds that id, the key's name,
 model/adapter, status, token counts and timings, and never any prompt or answer text.
@@ -23,7 +27,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import time
 import uuid
@@ -42,12 +45,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from cloud.chatwire import FALLBACK_HEADER
 from cloud.gateway.adapters import AdapterError, AdapterStore, BaseShape, StoredAdapter
 from cloud.gateway.admission import Admission, AdmissionConfig, Rejection, retry_after_header
 from cloud.gateway.body import BodyError, capped_receive, declared_length, read_capped
 from cloud.gateway.fields import FieldError, RequestCaps, check_generation, parse_json
 from cloud.gateway.keys import KeyRecord, KeyStore
+from cloud.gateway.loader import AdapterLoader
+from cloud.gateway.pool import Replica, ReplicaPool
 from cloud.gateway.proxy import RequestLog, error_response, forward
+from cloud.gateway.router_admin import RouterAdmin
 from cloud.gateway.stats import GatewayStats
 
 __all__ = ["AdapterQuota", "GatewayConfig", "create_app"]
@@ -92,6 +99,10 @@ class GatewayConfig:
     """A streaming client that takes no bytes for this long is cut off (its slot freed)."""
     upstream_uds: str | None = None
     """vLLM's Unix socket, when it listens on one (then `upstream_url` is only a base URL)."""
+    replica_urls: tuple[str, ...] = ()
+    """The vLLM replicas behind `upstream_url` (a router); empty: the upstream is the one vLLM."""
+    router_admin_url: str | None = None
+    """The vllm-router tandem started: replicas leave and rejoin its rotation through it."""
 
 
 class Gateway:
@@ -100,8 +111,19 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.keys = KeyStore(config.keys_file)
-        metrics_url = f"{config.upstream_url}/metrics" if config.poll_metrics else None
-        self.admission = Admission(config.admission, metrics_url)
+        urls: tuple[str | None, ...] = (
+            (config.replica_urls or (config.upstream_url,)) if config.poll_metrics else (None,)
+        )
+        self.pool = ReplicaPool(
+            urls, poll_interval_s=config.admission.poll_interval_s,
+            on_up=self._replica_up, on_down=self._replica_down,
+        )  # fmt: skip
+        self.admission = Admission(config.admission, pool=self.pool)
+        self.router = (
+            RouterAdmin(config.router_admin_url, config.replica_urls)
+            if config.router_admin_url
+            else None
+        )
         base = BaseShape.from_model_dir(config.base_model_dir) if config.base_model_dir else None
         self.adapters = (
             AdapterStore(config.adapters_dir, base, config.max_lora_rank) if base else None
@@ -112,7 +134,6 @@ class Gateway:
         self._salt_secret = secrets.token_bytes(32)
         self.client: httpx.AsyncClient | None = None
         self.context_window: int | None = None
-        self.loaded: set[str] = set()
         # Per key owner, held from an upload's quota check to its commit: without it, parallel
         # uploads each checked the usage before any of them was committed, and all passed.
         self._quota_locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
@@ -121,6 +142,7 @@ class Gateway:
             if config.upstream_api_key
             else {}
         )
+        self.loader = AdapterLoader(self.pool, self.upstream_headers, config.upstream_url)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -137,15 +159,19 @@ class Gateway:
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0), limits=limits, transport=transport
         ) as client:
-            self.client = client
-            if self.admission.metrics_url:
+            self.client = self.loader.client = client
+            if self.pool.polled:
                 await self.admission.refresh(client)
             self.admission.start(client)
+            if self.router is not None:
+                self.router.start(client)
             try:
                 yield
             finally:
                 await self.admission.stop()
-                self.client = None
+                if self.router is not None:
+                    await self.router.stop()
+                self.client = self.loader.client = None
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -170,33 +196,24 @@ class Gateway:
         return error_response(401, "unauthorized", "unauthorized", request_id=request_id)
 
     async def _ensure_loaded(self, adapter: StoredAdapter) -> None:
-        """Load an adapter into vLLM unless it is there (vLLM forgets them when it restarts)."""
-        if adapter.vllm_name in self.loaded:
-            return
-        assert self.client is not None
-        response = await self.client.post(
-            f"{self.config.upstream_url}/v1/load_lora_adapter",
-            json={"lora_name": adapter.vllm_name, "lora_path": str(adapter.path)},
-            headers=self.upstream_headers,
-            timeout=120.0,
-        )
-        if response.status_code != 200 and "already been loaded" not in response.text:
-            raise AdapterError(
-                f"the model server could not load the adapter: {_vllm_message(response)}",
-                status=422,
-            )
-        self.loaded.add(adapter.vllm_name)
+        """Load an adapter on every replica unless it is there (vLLM forgets them on restart)."""
+        await self.loader.ensure_loaded(adapter)
 
     async def _unload(self, adapter: StoredAdapter) -> None:
-        assert self.client is not None
-        with contextlib.suppress(httpx.HTTPError):
-            await self.client.post(
-                f"{self.config.upstream_url}/v1/unload_lora_adapter",
-                json={"lora_name": adapter.vllm_name},
-                headers=self.upstream_headers,
-                timeout=30.0,
-            )
-        self.loaded.discard(adapter.vllm_name)
+        await self.loader.unload(adapter)
+
+    async def _replica_down(self, replica: Replica) -> bool:
+        self.loader.forget(replica)
+        if self.router is not None and self.client is not None and replica.url:
+            await self.router.remove(self.client, replica.url)
+        return True
+
+    async def _replica_up(self, replica: Replica) -> bool:
+        """A replica is back: its adapters first, then the router's rotation."""
+        await self.loader.warm(replica)
+        if self.router is not None and self.client is not None and replica.url:
+            return await self.router.add(self.client, replica.url)
+        return True
 
     async def _context_window(self) -> int | None:
         if self.context_window is None and self.client is not None:
@@ -289,7 +306,15 @@ class Gateway:
                 # The same answer whether the adapter does not exist or is someone else's.
                 return fail(404, f"the model {model!r} does not exist", "model_not_found")
             record.adapter = adapter.name
-        decision = self.admission.admit(key.name)
+        # A desktop answers on its own model: it gets the 429 at once. Anyone else may wait a
+        # moment for a slot (max_queue_wait_s), as they have nothing to fall back to.
+        queue_s = self.admission.config.max_queue_wait_s
+        wait_s = 0.0 if FALLBACK_HEADER in request.headers else queue_s
+        decision = (
+            await self.admission.admit_waiting(key.name, wait_s)
+            if wait_s > 0
+            else self.admission.admit(key.name)
+        )
         if isinstance(decision, Rejection):
             self.stats.rejected[decision.reason] += 1
             retry = retry_after_header(decision.retry_after_s)
@@ -329,7 +354,7 @@ class Gateway:
             assert self.client is not None
             response = await forward(
                 self.client, url, body, record, upstream_headers=self.upstream_headers,
-                on_done=done, revoked=lambda: self.revoked(key),
+                on_done=done, revoked=lambda: self.revoked(key), release=ticket.release,
                 write_timeout_s=self.config.stream_write_timeout_s,
             )  # fmt: skip
             handed_over = not isinstance(response, Response)
@@ -471,34 +496,31 @@ class Gateway:
         if key is None or not key.admin:
             return self._unauthorized(uuid.uuid4().hex)
         assert self.client is not None
-        try:
-            upstream = await self.client.get(f"{self.config.upstream_url}/metrics", timeout=5.0)
-        except httpx.HTTPError:
-            return error_response(503, "the model server is not reachable", "unavailable")
-        return PlainTextResponse(upstream.text, status_code=upstream.status_code)
+        parts: list[str] = []
+        for url in self.config.replica_urls or (self.config.upstream_url,):
+            try:
+                upstream = await self.client.get(f"{url}/metrics", timeout=5.0)
+            except httpx.HTTPError:
+                if not self.config.replica_urls:
+                    return error_response(503, "the model server is not reachable", "unavailable")
+                parts.append(f"# replica {url}: not reachable\n")
+                continue
+            if not self.config.replica_urls:
+                return PlainTextResponse(upstream.text, status_code=upstream.status_code)
+            parts.append(f"# replica {url}\n{upstream.text}")
+        return PlainTextResponse("".join(parts))
 
     async def gateway_metrics(self, request: Request) -> Response:
         key = self._authenticate(request)
         if key is None or not key.admin:
             return self._unauthorized(uuid.uuid4().hex)
         a = self.admission
-        return PlainTextResponse(
-            self.stats.render(a.in_flight, load_stale=a.stale, poll_failures=a.poll_failures)
-        )
-
-
-_PATH_RE = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\",;:)]+")
-
-
-def _vllm_message(response: httpx.Response) -> str:
-    """vLLM's reason, without the server paths it names (the client never learns the layout)."""
-    try:
-        data = response.json()
-        message = data.get("error", {}).get("message") if "error" in data else data.get("message")
-        text = str(message or response.text)
-    except (ValueError, AttributeError):
-        text = response.text
-    return _PATH_RE.sub("<path>", text)[:300]
+        text = self.stats.render(a.in_flight, load_stale=a.stale, poll_failures=a.poll_failures)
+        text += self.stats.render_replicas(self.pool.replicas, queued=a.queued)
+        if self.router is not None:
+            removed = self.router.foreign_removed
+            text += f"tandem_gateway_router_foreign_workers_removed_total {removed}\n"
+        return PlainTextResponse(text)
 
 
 def create_app(config: GatewayConfig) -> Starlette:

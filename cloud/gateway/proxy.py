@@ -103,6 +103,8 @@ def _usage_from(data: bytes, record: RequestLog) -> None:
     record.completion_tokens = usage.get("completion_tokens", record.completion_tokens)
 
 
+_LAST_EVENT = b"data: [DONE]"
+
 _HOP_HEADERS = {
     "content-length",
     "transfer-encoding",
@@ -122,13 +124,16 @@ async def forward(
     on_done: Callable[[], None],
     revoked: Callable[[], bool] = lambda: False,
     write_timeout_s: float = 15.0,
+    release: Callable[[], None] = lambda: None,
 ) -> Response | _Relay:
     """Send `body` to vLLM and relay the answer, streaming if the body asks for it.
 
     `on_done` runs when the answer has been fully relayed or abandoned (it releases the
     admission ticket and writes the log line); it must be safe to call twice. A stream ends
     early when `revoked()` turns true (checked every quarter second) or when the client takes
-    no bytes for `write_timeout_s`.
+    no bytes for `write_timeout_s`. `release` frees the admission slot; a stream calls it
+    before it sends its last bytes, so a client that starts its next request the moment it has
+    read `[DONE]` finds its slot free (a client at exactly its per-key limit never gets a 429).
     """
     stream = bool(body.get("stream"))
     if stream:
@@ -175,7 +180,7 @@ async def forward(
             record.outcome = "upstream_error"
         return Response(content, status_code=upstream.status_code, headers=headers)
 
-    return _Relay(upstream, headers, record, on_done, revoked, write_timeout_s)
+    return _Relay(upstream, headers, record, on_done, revoked, write_timeout_s, release)
 
 
 class _Relay:
@@ -193,7 +198,9 @@ class _Relay:
         on_done: Callable[[], None],
         revoked: Callable[[], bool] = lambda: False,
         write_timeout_s: float = 15.0,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
+        self.release = release
         self.upstream = upstream
         self.headers = headers
         self.record = record
@@ -242,6 +249,8 @@ class _Relay:
                                 record.ttft_ms = (time.perf_counter() - record.started) * 1000
                             if b'"usage"' in chunk:
                                 _usage_from(chunk, record)
+                            if _LAST_EVENT in chunk:
+                                self.release()  # the answer is complete: free the slot first
                             await write(
                                 {"type": "http.response.body", "body": chunk, "more_body": True}
                             )

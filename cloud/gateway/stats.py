@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cloud.gateway.pool import Replica
 
 __all__ = ["GatewayStats"]
 
@@ -45,4 +50,27 @@ class GatewayStats:
             f"tandem_gateway_latency_seconds_sum {self.latency_sum_s:.6f}",
             f"tandem_gateway_latency_seconds_count {self.latency_count}",
         ]
+        return "\n".join(lines) + "\n"
+
+    def render_replicas(self, replicas: Sequence[Replica], *, queued: int = 0) -> str:
+        """Each replica's state (serving, warming, down), load and returns after a restart."""
+        lines = [
+            "# TYPE tandem_gateway_queued gauge",
+            f"tandem_gateway_queued {queued}",
+            "# TYPE tandem_gateway_replica_up gauge",
+        ]
+        for index, r in enumerate(replicas):
+            labels = f'replica="{index}",url="{r.url or "-"}",state="{r.state}"'
+            lines.append(f"tandem_gateway_replica_up{{{labels}}} {int(r.state == 'serving')}")
+        for metric, value in (
+            ("replica_waiting", lambda r: r.load.waiting),
+            ("replica_running", lambda r: r.load.running),
+            ("replica_kv_cache_usage", lambda r: r.load.kv_cache_usage),
+            ("replica_returns_total", lambda r: r.returns),
+        ):
+            lines.append(f"# TYPE tandem_gateway_{metric} gauge")
+            lines += [
+                f'tandem_gateway_{metric}{{replica="{i}"}} {value(r):g}'
+                for i, r in enumerate(replicas)
+            ]
         return "\n".join(lines) + "\n"

@@ -19,6 +19,12 @@
   CPU cores as the device, so overflow cannot answer sooner and the router (rightly) declines
   it once it has seen the cloud's first-token times; the target needs a cloud on its own
   hardware: `--cloud-url` measures against one.
+- --partition: the same ratio with the cloud on compute of its own: this process (the
+  device's MLX engine) pinned to core 0, the cloud (vLLM and the gateway) to core 1, and the
+  cloud reached through a loopback proxy that adds a wide-area round trip (`--rtt-ms`,
+  default 30). Target overflow_p95_ttft_ratio ≤ 0.6 here (one core's worth of extra compute).
+  Measured (2026-12): 1.135, every answer kept on the device by the overflow rule
+  (`hybrid_routes`): the rule, not the bench, is what keeps the ratio up (see issue 17).
 - failover_gap_ms: median time from the cloud connection dying mid-answer (the gateway
   process SIGKILLed while it streams; vLLM kept busy with other long answers so that the
   answer is really cut mid-way) to the first token from the device.
@@ -317,6 +323,79 @@ async def _engines(result: dict[str, Any]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+async def _delay_proxy(target_port: int, rtt_ms: float) -> tuple[asyncio.Server, int]:
+    """A loopback TCP proxy to `target_port` that delays every chunk by half the round trip
+    in each direction, in order (a wide-area link's latency, not its bandwidth)."""
+    half = rtt_ms / 2000
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, chunk = await queue.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not chunk:
+                    break
+                writer.write(chunk)
+                await writer.drain()
+            writer.close()
+
+        sender = asyncio.create_task(deliver())
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                queue.put_nowait((time.monotonic() + half, chunk))
+        queue.put_nowait((time.monotonic() + half, b""))
+        with contextlib.suppress(ConnectionError):
+            await sender
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", target_port)
+        except OSError:
+            client_w.close()
+            return
+        # Kept-alive connections are still open when the run ends: their pumps are cancelled.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pump(client_r, up_w), pump(up_r, client_w))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _partition(result: dict[str, Any], rtt_ms: float) -> None:
+    """Device on core 0, cloud (one pinned vLLM replica and its gateway) on core 1, a
+    wide-area delay between them: does overflow pay once the cloud has compute of its own?"""
+    from cloud.client import CloudClient
+    from local.engine import LocalEngine
+    from scripts.testmodels import build
+    from tests.replica_servers import start_replicated_cloud
+
+    models = build()
+    folder = Path(tempfile.mkdtemp(prefix="tandem-bench-partition-"))
+    cloud = start_replicated_cloud(
+        models.target, folder, replicas=1, cores=((1,),), gateway_cores=(1,),
+        gateway_args=[
+            "--rate-per-second", "1000", "--burst", "1000", "--max-queue-wait-s", "0",
+            "--per-key-concurrency", "16", "--max-in-flight", "32", "--max-waiting", "16",
+        ],
+    )  # fmt: skip
+    os.sched_setaffinity(0, {0})  # the device's engine (its MLX thread inherits this)
+    local = LocalEngine(models.target)
+    await local.start()
+    proxy, port = await _delay_proxy(cloud.port, rtt_ms)
+    try:
+        async with CloudClient(f"http://127.0.0.1:{port}", cloud.api_key) as client:
+            result.update(await overflow_ratio(local, client))
+        result["partition"] = {"device_cores": [0], "cloud_cores": [1], "rtt_ms": rtt_ms}
+        print(f"where the hybrid's answers ran: {result['hybrid_routes']}", file=sys.stderr)
+    finally:
+        proxy.close()
+        cloud.stop()
+        await local.aclose()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="decision_p99_ms only")
@@ -329,7 +408,18 @@ def main() -> int:
     parser.add_argument(
         "--model", help="the device's model with --cloud-url (default: the test model)"
     )
+    parser.add_argument(
+        "--partition", action="store_true",
+        help="device on core 0, cloud on core 1, --rtt-ms between them: overflow_p95_ttft_ratio",
+    )  # fmt: skip
+    parser.add_argument("--rtt-ms", type=float, default=30.0, help="with --partition (30)")
     args = parser.parse_args()
+    if args.partition:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        partition: dict[str, Any] = {}
+        asyncio.run(_partition(partition, args.rtt_ms))
+        print(json.dumps(partition))
+        return 0
     result: dict[str, Any] = dict(decision_times())
     print(f"decision: {result}", file=sys.stderr)
     if args.cloud_url:

@@ -1,6 +1,6 @@
 """`tandem cloud`: run the self-hosted overflow service and manage its API keys.
 
-    tandem cloud serve --model M [--profile h100|cpu|FILE] [options]
+    tandem cloud serve --model M [--profile h100|h100-tp|h100-pp-ray|cpu|FILE] [--replicas N]
     tandem cloud keys add NAME [--admin]
     tandem cloud keys list
     tandem cloud keys revoke NAME [--keep-adapters] [--adapters-dir DIR]
@@ -11,22 +11,18 @@ A server-side command: it imports neither Textual nor MLX.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import secrets
+import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import uvicorn
-
-    from cloud.gateway.app import GatewayConfig
     from cloud.gateway.keys import KeyRecord
-    from cloud.launch import VllmCommand, VllmProcess
 
 __all__ = ["main"]
+
+UPSTREAM_KEY_ENV = "TANDEM_UPSTREAM_API_KEY"
 
 DESCRIPTION = """\
 The cloud overflow service: vLLM's OpenAI server on loopback, behind a gateway that checks
@@ -38,9 +34,17 @@ examples:
   tandem cloud serve --model Qwen/Qwen3-8B --profile h100 --dry-run
   tandem cloud serve --model ./my-model --profile cpu --port 8000
   tandem cloud serve --model M --speculative draft:./small-model --num-speculative-tokens 4
+  tandem cloud serve --model M --profile cpu --replicas 2 --dry-run
+  tandem cloud serve --model M --upstream http://router:80 --replica http://vllm-0:8000 \\
+      --replica http://vllm-1:8000
+
+With --replicas N (or [replicas] in the profile), N vLLM servers run on 127.0.0.1 ports with
+vllm-router in front of them (cache-aware by default) and the gateway in front of the router;
+a replica that dies is restarted and rejoins once its adapters are loaded. Those replicas are
+reachable on loopback TCP by local processes (README.md: "Replicas" says which routes).
 
 Profiles are TOML files you can copy and edit (see --dry-run for what one produces).
-vLLM listens on a Unix socket in a private folder (its /tokenize, /pooling, /metrics, ...
+One vLLM listens on a Unix socket in a private folder (its /tokenize, /pooling, /metrics, ...
 are not guarded by its API key, so no TCP port is opened for them); only the gateway listens
 on the network. Off loopback the gateway needs --tls-cert/--tls-key, or --insecure-http when
 a TLS-terminating proxy in front of it carries the traffic.
@@ -60,6 +64,8 @@ def _default_adapters_dir() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cloud.replicas import ROUTER_POLICIES
+
     parser = argparse.ArgumentParser(
         prog="tandem cloud",
         description=DESCRIPTION,
@@ -78,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--profile",
         default="h100",
-        help="h100, cpu, or the path of a profile TOML file (default: h100)",
+        help="h100 (one GPU per replica), h100-tp (tensor parallel over one node's GPUs), "
+        "h100-pp-ray (tensor parallel within, pipeline parallel across nodes on Ray), cpu, "
+        "or the path of a profile TOML file (default: h100)",
     )
     serve.add_argument(
         "--served-model-name",
@@ -138,8 +146,32 @@ def _parser() -> argparse.ArgumentParser:
         "--upstream",
         default=None,
         metavar="URL",
-        help="front an already running vLLM at this loopback URL (or unix:/path/to/socket) "
-        "instead of starting one",
+        help="front an already running vLLM or router at this URL (or unix:/path/to/socket) "
+        "instead of starting one; its --api-key, if it has one, goes in the environment "
+        "variable TANDEM_UPSTREAM_API_KEY",
+    )
+    serve.add_argument(
+        "--replica",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="with --upstream: a vLLM replica behind it (repeat for each); admission reads "
+        "every replica's /metrics and adapters are loaded on each (default: the upstream)",
+    )
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N vLLM replicas behind vllm-router (default: the profile's [replicas] count, "
+        "else 1: one vLLM on a private Unix socket)",
+    )
+    serve.add_argument(
+        "--router-policy",
+        default=None,
+        choices=ROUTER_POLICIES,
+        help="vllm-router's load-balancing policy with --replicas (default: the profile's, "
+        "else cache_aware)",
     )
     serve.add_argument(
         "--keys-file",
@@ -191,12 +223,16 @@ def _parser() -> argparse.ArgumentParser:
         help="open connections and requests before the gateway answers 503 (default: 512)",
     )
     for flag, kind, text in (
-        ("--max-waiting", int, "429 while vLLM has more than N requests waiting"),
-        ("--max-kv-cache-usage", float, "429 while vLLM's KV cache is fuller than this fraction"),
-        ("--max-in-flight", int, "429 while the gateway has N requests upstream"),
+        ("--max-waiting", int, "429 while every replica has more than N requests waiting"),
+        ("--max-kv-cache-usage", float, "429 while every replica's KV cache is fuller than "
+         "this fraction"),
+        ("--max-in-flight", int, "429 while the gateway has N requests upstream per replica "
+         "in rotation"),
         ("--per-key-concurrency", int, "concurrent requests per key"),
         ("--rate-per-second", float, "sustained requests per second per key"),
         ("--burst", int, "requests a key may send at once before the rate applies"),
+        ("--max-queue-wait-s", float, "how long a client that is not a tandem desktop may "
+         "wait for a slot before a 429 (desktops get theirs at once)"),
     ):
         serve.add_argument(flag, type=kind, default=None, help=text + " (default: the profile's)")
     serve.add_argument(
@@ -209,16 +245,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the exact vLLM command and environment, start nothing",
+        help="print every command of the deployment (replicas, router, gateway) with its "
+        "environment, start nothing",
     )
 
     keys = sub.add_parser("keys", help="manage API keys (add prints the key once)")
-    keys.add_argument(
-        "--keys-file",
-        type=Path,
-        default=None,
-        help="hashed API keys (default: tandem's data folder)",
-    )
+    keys_file_help = "hashed API keys (default: tandem's data folder)"
+    keys.add_argument("--keys-file", type=Path, default=None, help=keys_file_help)
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     add = keys_sub.add_parser("add", help="make a key and print it once")
     add.add_argument("name", help="who the key is for (letters, digits, '.', '_', '-')")
@@ -241,6 +274,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where the gateway keeps users' adapters (default: as `serve`)",
     )
+    # `keys add alice --keys-file F` as well as `keys --keys-file F add alice`: SUPPRESS keeps
+    # the action's parser from overwriting a value given before the action with None.
+    for action_parser in keys_sub.choices.values():
+        action_parser.add_argument(
+            "--keys-file", type=Path, default=argparse.SUPPRESS, help=keys_file_help
+        )
     return parser
 
 
@@ -299,11 +338,14 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud.gateway.app import AdapterQuota, GatewayConfig
     from cloud.gateway.fields import RequestCaps
     from cloud.gateway.server import configure_logging
-    from cloud.launch import (
-        LaunchError,
-        LaunchOptions,
-        build_vllm_command,
-        load_profile,
+    from cloud.launch import LaunchError, LaunchOptions, load_profile
+    from cloud.replicas import build_deployment, plan_from_profile
+    from tui.commands.cloud_run import (
+        base_model_dir,
+        print_deployment,
+        run_replicated,
+        run_single,
+        with_upstream_key,
     )
 
     def fail(message: str) -> int:
@@ -318,11 +360,19 @@ def _serve(args: argparse.Namespace) -> int:
             "--insecure-http if a TLS-terminating proxy in front of the gateway carries "
             "the traffic."
         )
+    if args.replica and args.upstream is None:
+        return fail("--replica names the replicas behind --upstream; give --upstream too")
     socket_dir: Path | None = None
-    if args.upstream is None and args.vllm_port is None:
-        socket_dir = _private_socket_dir(dry_run=args.dry_run)
     try:
         profile = load_profile(args.profile)
+        plan = plan_from_profile(
+            profile, replicas=args.replicas, policy=args.router_policy, base_port=args.vllm_port
+        )
+    except LaunchError as exc:
+        return fail(str(exc))
+    if args.upstream is None and args.vllm_port is None and plan.count == 1:
+        socket_dir = _private_socket_dir(dry_run=args.dry_run)
+    try:
         options = LaunchOptions(
             model=args.model,
             served_model_name=args.served_model_name,
@@ -336,7 +386,8 @@ def _serve(args: argparse.Namespace) -> int:
             reasoning_parser=args.reasoning_parser,
             tool_call_parser=args.tool_call_parser,
         )
-        command = build_vllm_command(options, profile)
+        deployment = build_deployment(options, profile, plan)
+        command = deployment.replicas[0]
     except LaunchError as exc:
         return fail(str(exc))
     gw = profile.gateway
@@ -367,34 +418,41 @@ def _serve(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
 
     if args.dry_run:
-        print("# vLLM (loopback only; VLLM_API_KEY is a fresh random secret per start)")
-        print(command.render())
-        print(f"# gateway: {scheme}://{args.host}:{args.port} -> {command.uds or command.url}")
+        print_deployment(deployment, args, scheme)
         if cleartext:
             print("# (refused as it stands: a non-loopback --host needs --tls-cert/--tls-key "
                   "or --insecure-http)")  # fmt: skip
         return 0
 
     keys_file = args.keys_file or _default_keys_file()
-    upstream_uds = command.uds
-    upstream_url = (args.upstream or command.url).rstrip("/")
+    upstream_uds = command.uds if args.upstream is None else None
+    upstream_url = (args.upstream or deployment.upstream_url).rstrip("/")
+    replicated = args.upstream is None and deployment.router is not None
+    replica_urls = tuple(u.rstrip("/") for u in (args.replica or ()))
+    if replicated:
+        replica_urls = deployment.replica_urls
     if upstream_url.startswith("unix:"):
         upstream_uds, upstream_url = upstream_url.removeprefix("unix:"), "http://localhost"
     config = GatewayConfig(
         upstream_url=upstream_url,
         upstream_uds=upstream_uds,
+        replica_urls=replica_urls,
+        router_admin_url=deployment.upstream_url if replicated else None,
         caps=caps,
         adapter_quota=quota,
         stream_write_timeout_s=args.stream_write_timeout,
         served_model=command.served_model,
         keys_file=keys_file,
         adapters_dir=args.adapters_dir or _default_adapters_dir(),
-        base_model_dir=_base_model_dir(args.model),
+        base_model_dir=base_model_dir(args.model),
         lora_enabled=command.lora_enabled,
         max_lora_rank=command.max_lora_rank,
         admission=admission,
         max_adapter_bytes=args.max_adapter_bytes,
     )
+    if args.upstream is not None and os.environ.get(UPSTREAM_KEY_ENV):
+        # The key of a vLLM (or router) the operator runs: from the environment, never argv.
+        config = with_upstream_key(config, os.environ[UPSTREAM_KEY_ENV])
     configure_logging(args.log_file)
     if not keys_file.exists():
         print(
@@ -407,7 +465,9 @@ def _serve(args: argparse.Namespace) -> int:
     # out. uvicorn drains on SIGINT/SIGTERM and then re-raises the signal against this handler.
     previous = signal.signal(signal.SIGTERM, _stop_requested)
     try:
-        return _run(args, command, config, scheme)
+        if args.upstream is None and deployment.router is not None:
+            return run_replicated(args, deployment, config, scheme)
+        return run_single(args, command, config, scheme)
     except _StopRequested:
         return 0
     except KeyboardInterrupt:
@@ -418,65 +478,6 @@ def _serve(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(socket_dir, ignore_errors=True)
-
-
-def _run(args: argparse.Namespace, command: VllmCommand, config: GatewayConfig, scheme: str) -> int:
-    """Start vLLM (unless --upstream), then the gateway; stop both on the way out."""
-    from cloud.gateway.server import ServeOptions, build_server
-    from cloud.launch import LaunchError, VllmProcess
-
-    vllm: VllmProcess | None = None
-    try:
-        if args.upstream is None:
-            secret = secrets.token_urlsafe(32)  # only the gateway may call vLLM's /v1 routes
-            config = _with_upstream_key(config, secret)
-            log = args.vllm_log.open("ab") if args.vllm_log else None
-            vllm = VllmProcess(command, log=log, secret_env={"VLLM_API_KEY": secret})
-            where = f"the Unix socket {command.uds}" if command.uds else command.url
-            print(f"tandem cloud serve: starting vLLM on {where} ...", file=sys.stderr)
-            vllm.start()
-            assert vllm.process is not None
-            print(f"tandem cloud serve: vLLM pid {vllm.process.pid}", file=sys.stderr)
-            try:
-                vllm.wait_healthy()
-            except LaunchError as exc:
-                print(f"tandem cloud serve: {exc}", file=sys.stderr)
-                return 1
-        if config.base_model_dir is None:
-            # A hub id is in the local cache only once vLLM has downloaded it.
-            config = dataclasses.replace(config, base_model_dir=_base_model_dir(args.model))
-        options = ServeOptions(
-            args.host, args.port, args.tls_cert, args.tls_key, args.log_file,
-            limit_concurrency=args.limit_concurrency, header_timeout_s=args.header_timeout,
-        )  # fmt: skip
-        server = build_server(config, options)
-        vllm_died = threading.Event()
-        if vllm is not None:
-            _watch(vllm, server, vllm_died)
-        print(f"tandem cloud serve: gateway on {scheme}://{args.host}:{args.port}", file=sys.stderr)
-        server.run()
-        if vllm_died.is_set():
-            print("tandem cloud serve: vLLM exited unexpectedly; the gateway stopped too "
-                  "(see vLLM's log)", file=sys.stderr)  # fmt: skip
-            return 1
-        return 0
-    finally:
-        if vllm is not None and vllm.poll() is None:
-            print("tandem cloud serve: stopping vLLM", file=sys.stderr)
-            vllm.stop()
-
-
-def _base_model_dir(model: str) -> Path | None:
-    """The folder holding the base model's config.json (adapter uploads are checked against
-    it): the model folder itself, or a hub id's snapshot in the Hugging Face cache."""
-    if (Path(model) / "config.json").is_file():
-        return Path(model)
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(model, "config.json")
-    return Path(found).parent if isinstance(found, str) else None
 
 
 def _loopback(host: str) -> bool:
@@ -525,26 +526,10 @@ ADMISSION_FIELDS = (
     "per_key_concurrency",
     "rate_per_second",
     "burst",
+    "max_queue_wait_s",
 )
 
 
 def _pick(flag: Any, profile_value: Any) -> Any:
     return flag if flag is not None else profile_value
 
-
-def _with_upstream_key(config: GatewayConfig, secret: str) -> GatewayConfig:
-    return dataclasses.replace(config, upstream_api_key=secret)
-
-
-def _watch(vllm: VllmProcess, server: uvicorn.Server, died: threading.Event) -> None:
-    """Stop the gateway if vLLM exits: a gateway without an engine would only answer 503."""
-    process = vllm.process
-    assert process is not None
-
-    def run() -> None:
-        process.wait()
-        if not server.should_exit:
-            died.set()
-            server.should_exit = True
-
-    threading.Thread(target=run, name="vllm-watch", daemon=True).start()
