@@ -123,6 +123,7 @@ class HybridBackend:
             "cloud": CircuitBreaker("the cloud", breaker, clock=clock),
         }
         self._local_inflight = 0
+        self._cloud_inflight = 0
         self.first_tokens = FirstTokenTimes(clock=clock)
         """Recent time to first token per side, which the overflow rule weighs."""
 
@@ -166,6 +167,7 @@ class HybridBackend:
             local_blocked="" if local_breaker.allows() else local_breaker.reason(),
             local=local_caps,
             local_inflight=self._local_inflight,
+            cloud_inflight=self._cloud_inflight,
             local_ttft_s=self.first_tokens.recent("local"),
             cloud_ttft_s=self.first_tokens.recent("cloud"),
             other_texts=_other_texts(sent),
@@ -198,12 +200,14 @@ class HybridBackend:
             breaker.begin()
             settled = False
             on_device = side == "local"
-            # What the overflow rule weighs: the cloud's first-token times, and the device's
-            # when it was already busy with another answer.
-            timed = not on_device or self._local_inflight > 0
+            # What the overflow rule weighs: each side's first-token time per answer it had
+            # in progress (router.latency), counted from the decision on.
+            ahead = self._local_inflight if on_device else self._cloud_inflight
             attempt_started, attempt_answered = time.perf_counter(), False
             if on_device:
-                self._local_inflight += 1  # counted from the decision on: the overflow rule
+                self._local_inflight += 1
+            else:
+                self._cloud_inflight += 1
             redaction: Redaction | None = None
             if side == "cloud" and decision.redact:
                 # Placeholders out; the real values go back in below, before anyone sees them.
@@ -223,9 +227,9 @@ class HybridBackend:
                         elif isinstance(event, (TextDelta, ReasoningDelta)):
                             if first_token_at is None:
                                 first_token_at = time.perf_counter()
-                            if timed and not attempt_answered:
+                            if not attempt_answered:
                                 self.first_tokens.record(
-                                    side, time.perf_counter() - attempt_started
+                                    side, time.perf_counter() - attempt_started, ahead
                                 )
                             attempt_answered = True
                             if isinstance(event, ReasoningDelta):
@@ -312,6 +316,8 @@ class HybridBackend:
                     breaker.abandon()  # the consumer closed the stream: no verdict
                 if on_device:
                     self._local_inflight -= 1
+                else:
+                    self._cloud_inflight -= 1
 
     def _backend(self, side: Side) -> Service:
         if side == "cloud":

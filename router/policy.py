@@ -13,8 +13,9 @@ named in the record, with a sentence a person can read.
    - a per-message `/cloud`, a pin to the cloud, mode `cloud-preferred` → cloud
 2. Capacity: prompt + requested tokens above the device's context window → cloud; the device
    loaded past its limits (answers in progress, queue depth, estimated wait) → cloud (overflow),
-   unless the cloud has lately started answering later than the busy device (router.latency):
-   then the overflow is declined, and the complexity rule decides
+   unless the cloud would likely start answering later than the busy device (router.latency:
+   recent first-token times per answer in progress, times each side's answers in progress
+   now): then the overflow is declined, and the complexity rule decides
 3. Complexity: the scorer's value above the threshold → cloud, otherwise → device
 
 A `/cloud` override or a pin is a wish, not a hard rule: privacy and availability come first.
@@ -127,10 +128,12 @@ class RoutingInput:
     """The device engine's capabilities and load."""
     local_inflight: int = 0
     """Answers the router itself has running on the device now."""
+    cloud_inflight: int = 0
+    """Answers the router itself has running on the cloud now."""
     local_ttft_s: float | None = None
-    """The device's recent time to first token under load (router.latency), if known."""
+    """The device's recent time to first token per answer in progress (router.latency)."""
     cloud_ttft_s: float | None = None
-    """The cloud's recent time to first token, if known."""
+    """The cloud's recent time to first token per answer in progress, if known."""
     other_texts: tuple[tuple[str, str], ...] = ()
     """The request's other fields that go over the wire, as (part, text): ("stop strings",
     ...), ("adapter name", ...). Scanned like the messages."""
@@ -174,17 +177,22 @@ def estimate_tokens(messages: Sequence[Message], extra: str, chars_per_token: fl
     return math.ceil(chars / chars_per_token) + 4 * len(messages) + 2
 
 
-def _slower_cloud(inp: RoutingInput, scores: dict[str, float]) -> str:
-    """Why overflowing would not answer sooner ("" when it would, or when nobody knows)."""
+def _slower_cloud(inp: RoutingInput, local_inflight: int, scores: dict[str, float]) -> str:
+    """Why overflowing would not answer sooner ("" when it would, or when nobody knows): each
+    side's expected wait is its recent first-token time per answer in progress × (1 + the
+    answers in progress there now)."""
     if inp.cloud_ttft_s is None or inp.local_ttft_s is None:
         return ""
-    scores["cloud_ttft_s"] = round(inp.cloud_ttft_s, 3)
-    scores["local_ttft_s"] = round(inp.local_ttft_s, 3)
-    if inp.cloud_ttft_s <= inp.local_ttft_s:
+    local_wait = inp.local_ttft_s * (1 + local_inflight)
+    cloud_wait = inp.cloud_ttft_s * (1 + inp.cloud_inflight)
+    scores["local_wait_ttft_s"] = round(local_wait, 3)
+    scores["cloud_wait_ttft_s"] = round(cloud_wait, 3)
+    scores["cloud_inflight"] = float(inp.cloud_inflight)
+    if cloud_wait <= local_wait:
         return ""
     return (
-        f"the cloud has lately been slower to start answering "
-        f"({inp.cloud_ttft_s:.2f} s against {inp.local_ttft_s:.2f} s here)"
+        f"the cloud would likely start answering later ({cloud_wait:.2f} s against "
+        f"{local_wait:.2f} s here, from recent first tokens and the answers in progress)"
     )
 
 
@@ -288,7 +296,8 @@ class RoutingPolicy:
                     f"device's {caps.context_window:,} → {CLOUD}",
                 )
         overflow = self._overflow(inp, scores)
-        declined = _slower_cloud(inp, scores) if overflow else ""
+        local_inflight = int(scores.get("local_inflight", 0))
+        declined = _slower_cloud(inp, local_inflight, scores) if overflow else ""
         if overflow and not declined:
             return cloud("overflow", f"{overflow} → {CLOUD}")
         # 4. complexity

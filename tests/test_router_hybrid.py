@@ -197,11 +197,9 @@ async def test_requests_beyond_the_device_limit_overflow_to_the_real_cloud(
     routes = [r.route for r in results if r is not None]
     assert [r.backend for r in routes] == ["local", "local", "cloud"]
     assert routes[2].rule == "overflow"
-    # What the next overflow weighs: the cloud's first-token time, and the device's from the
-    # answer that started while the first one was running (the first one does not count).
-    cloud_ttft = hybrid.first_tokens.recent("cloud")
-    local_ttft = hybrid.first_tokens.recent("local")
-    assert cloud_ttft is not None and local_ttft is not None
+    # What the next overflow weighs: each side's first-token time per answer in progress.
+    assert hybrid.first_tokens.recent("cloud") is not None
+    assert hybrid.first_tokens.recent("local") is not None
     busy = [hybrid.stream(_request(FRANCE)) for _ in range(2)]
     for s in busy:
         await _first_delta(s)
@@ -213,7 +211,12 @@ async def test_requests_beyond_the_device_limit_overflow_to_the_real_cloud(
     for s in busy:
         await s.aclose()
     assert decision.rule == "overflow"
-    assert decision.side == ("local" if cloud_ttft > local_ttft else "cloud"), decision.reason
+    scores = decision.scores
+    local_wait = local_ttft * (1 + scores["local_inflight"])
+    cloud_wait = cloud_ttft * (1 + scores["cloud_inflight"])
+    assert scores["local_wait_ttft_s"] == pytest.approx(local_wait, abs=1e-3)
+    assert scores["cloud_wait_ttft_s"] == pytest.approx(cloud_wait, abs=1e-3)
+    assert decision.side == ("local" if cloud_wait > local_wait else "cloud"), decision.reason
 
 
 async def test_a_429_from_the_gateway_sends_requests_to_the_device_until_retry_after(

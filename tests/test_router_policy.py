@@ -180,22 +180,29 @@ def test_overflow_on_answers_in_progress_queue_depth_or_wait() -> None:
     )
 
 
-def test_overflow_is_declined_while_the_cloud_starts_answering_later_than_the_busy_device() -> (
-    None
-):
+def test_overflow_is_declined_while_the_cloud_would_start_answering_later() -> None:
     busy = {"local_inflight": 4}
-    slower = _input(**busy, cloud_ttft_s=0.8, local_ttft_s=0.1)
+    # Each side's wait: its first-token time per answer in progress × (1 + answers there now).
+    slower = _input(**busy, cloud_ttft_s=0.8, local_ttft_s=0.1)  # 0.8 × 1 against 0.1 × 5
     assert _decide(slower) == (
         "local",
         "overflow",
-        "this device is busy (4 answers in progress), but the cloud has lately been slower to "
-        "start answering (0.80 s against 0.10 s here) → on this device",
+        "this device is busy (4 answers in progress), but the cloud would likely start "
+        "answering later (0.80 s against 0.50 s here, from recent first tokens and the answers "
+        "in progress) → on this device",
     )
     # A complex request still goes to the cloud: that rule is about the answer, not the wait.
     assert _decide(replace(slower, messages=HARD), complexity_threshold=0.5)[:2] == (
         "cloud",
         "complexity",
     )
+    # The busier the device, the longer its wait: the same figures overflow at 9 in progress.
+    assert _decide(_input(local_inflight=9, cloud_ttft_s=0.8, local_ttft_s=0.1))[:2] == (
+        "cloud", "overflow",
+    )
+    # ... and the busier the cloud, the longer its own.
+    assert _decide(_input(local_inflight=9, cloud_inflight=1, cloud_ttft_s=0.8,
+                          local_ttft_s=0.1))[:2] == ("local", "overflow")
     faster = _input(**busy, cloud_ttft_s=0.2, local_ttft_s=1.5)
     assert _decide(faster)[:2] == ("cloud", "overflow")
     for unknown in ({"cloud_ttft_s": 0.8}, {"local_ttft_s": 0.1}, {}):
@@ -218,6 +225,8 @@ def test_first_token_times_average_and_are_forgotten() -> None:
     assert times.recent("cloud") is None  # a slow cloud gets tried again
     times.record("cloud", 0.3)
     assert times.recent("cloud") == pytest.approx(0.3)  # a fresh start, not averaged with 0.6
+    times.record("local", 0.4, ahead=3)  # per answer in progress: 3 were ahead of this one
+    assert times.recent("local") == pytest.approx(0.1)
 
 
 def test_complexity_against_the_threshold() -> None:
