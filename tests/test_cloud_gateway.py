@@ -131,10 +131,15 @@ def test_metrics_need_an_admin_key(cloud_gateway: GatewayServer) -> None:
 
 
 def _wait_until_vllm_is_idle(gateway: GatewayServer, timeout_s: float = 60) -> dict[str, float]:
-    """The shared server's counters are global: let earlier tests' answers finish first."""
+    """The shared server's counters are global: let earlier tests' answers finish first,
+    those still waiting to start included (one that starts later counts its tokens here)."""
     deadline = time.monotonic() + timeout_s
+
+    def busy(metrics: dict[str, float]) -> bool:
+        return any(metrics.get(f"vllm:num_requests_{s}", 0) > 0 for s in ("running", "waiting"))
+
     metrics = _vllm_metrics(gateway)
-    while metrics.get("vllm:num_requests_running", 0) > 0 and time.monotonic() < deadline:
+    while busy(metrics) and time.monotonic() < deadline:
         time.sleep(0.2)
         metrics = _vllm_metrics(gateway)
     return metrics
