@@ -39,8 +39,12 @@ class AdapterLoader:
         return replica.url or self.default_url
 
     async def ensure_loaded(self, adapter: StoredAdapter) -> None:
-        """Load `adapter` on every replica that is not down (AdapterError if vLLM refuses)."""
+        """Load `adapter` on every replica that is not down (AdapterError if vLLM refuses,
+        or 503 when none is up: no vLLM has checked it, so it is not accepted yet)."""
         targets = [r for r in self.pool.replicas if r.state != DOWN]
+        if not targets:
+            raise AdapterError("the model server is not reachable; try again shortly",
+                               status=503)
         await asyncio.gather(*(self._load(self._url(r), adapter) for r in targets))
         self.in_use[adapter.vllm_name] = adapter
 
