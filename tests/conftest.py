@@ -81,6 +81,20 @@ def thinking_model() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+async def thinking_engine(thinking_model: Path) -> AsyncIterator[Any]:
+    """The local engine on the thinking model, one per test module (the chat tests share it
+    across apps; each app's composition leaves it open)."""
+    from local.engine import LocalEngine
+
+    engine = LocalEngine(thinking_model, memory_guard=False)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
 @pytest.fixture(scope="session")
 def thinking_vllm_server(
     thinking_model: Path, tmp_path_factory: pytest.TempPathFactory

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,6 @@ QUESTION = "What is the weather in Madrid?"
 def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-async def thinking_engine(thinking_model: Path) -> AsyncIterator[Any]:
-    from local.engine import LocalEngine
-
-    engine = LocalEngine(thinking_model, memory_guard=False)
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.aclose()
 
 
 class Watched:

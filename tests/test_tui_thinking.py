@@ -5,7 +5,7 @@ Shapes only: no assertion on what the trained model says."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,6 @@ pytestmark = pytest.mark.mlx
 def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-async def thinking_engine(thinking_model: Path) -> AsyncIterator[Any]:
-    from local.engine import LocalEngine
-
-    engine = LocalEngine(thinking_model, memory_guard=False)
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.aclose()
 
 
 class OffersWeather:
